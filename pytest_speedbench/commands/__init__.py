@@ -1,0 +1,1 @@
+"""Subcommands of the `speedbench` console script: one module each, with `register(sub)`."""

@@ -1,0 +1,131 @@
+"""The engine contract: what every engine module provides, and nothing about metrics.
+
+An engine either speaks HTTP (the client streams to it through the lean transport and hands
+each raw event to the engine's parser *after* stamping its receipt time) or runs in-process
+(it calls back once per verification step and the client stamps the time there).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from ..records import Counters
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float
+    max_new_tokens: int
+    ignore_eos: bool = True
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that identifies one engine instance; cases sharing it share one server."""
+
+    engine: str
+    drafter: str
+    model: str | None = None
+    draft_model: str | None = None
+    draft_length: int = 3
+    max_batch_size: int = 1
+    server_url: str | None = None
+    engine_args: tuple[str, ...] = ()
+    device: str = "auto"
+    ready_timeout_s: float = 600.0
+    request_timeout_s: float = 300.0
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Readable id of the instance, used in fixture ids and log file names."""
+        return f"{self.engine}-{self.drafter}"
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return dict(self.extra).get(name, default)
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    path: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+
+
+@dataclass(slots=True)
+class ParsedEvent:
+    """One streamed event turned into what the client needs."""
+
+    new_token_ids: list[int]
+    finished: bool = False
+    counters: Counters | None = None
+
+
+class StreamParser(Protocol):
+    """Per-request parser state (cumulative vs incremental ids, final counters)."""
+
+    def parse(self, data: bytes) -> ParsedEvent | None:
+        """Parse one SSE `data:` payload; None for events that carry nothing (keep-alives)."""
+        ...
+
+
+class Engine(abc.ABC):
+    """Base of every engine module."""
+
+    name: ClassVar[str]
+    #: neutral drafter names this engine implements (see DESIGN.md's table)
+    drafters: ClassVar[tuple[str, ...]]
+    #: largest number of requests the engine can serve at once (None: unbounded)
+    max_concurrency: ClassVar[int | None] = None
+
+    def __init__(self, config: EngineConfig, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Launch (or attach to) the engine and return once it is ready."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Release everything start() acquired; must be safe to call twice."""
+
+    def info(self) -> dict[str, Any]:
+        """Version, launch command, url: recorded in the results."""
+        return {"engine": self.name, "drafter": self.config.drafter}
+
+
+class HttpEngine(Engine):
+    """An engine reached over HTTP; the client owns the transport."""
+
+    base_url: str = ""
+
+    @abc.abstractmethod
+    def build_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> HttpRequest:
+        ...
+
+    @abc.abstractmethod
+    def new_parser(self) -> StreamParser:
+        ...
+
+    async def run_counters(self) -> Counters | None:
+        """Run-level SD counters snapshot (vLLM's Prometheus); None when per-request only."""
+        return None
+
+
+class InProcessEngine(Engine):
+    """An engine living in this process (transformers)."""
+
+    @abc.abstractmethod
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        on_chunk: Callable[[Sequence[int]], None],
+    ) -> Counters | None:
+        """Generate, calling on_chunk(new_token_ids) once per step; returns engine counters."""

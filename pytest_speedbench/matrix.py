@@ -1,0 +1,119 @@
+"""The benchmark matrix: cases, their ids, their engine instance and their autoregressive twin.
+
+Pure functions only: the plugin turns the result into parametrized tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from .engines import get_entry
+
+SPLITS: tuple[str, ...] = ("qualitative", "throughput")
+BUCKETS: tuple[str, ...] = ("1k", "2k", "8k", "16k", "32k")
+
+
+def bucket_tokens(bucket: str) -> int:
+    """'8k' -> 8000: SPEED-Bench buckets count thousands of o200k_base tokens."""
+    return int(bucket.rstrip("k")) * 1000
+
+
+def format_temperature(t: float) -> str:
+    return f"{t:g}"
+
+
+@dataclass(frozen=True)
+class Case:
+    engine: str
+    drafter: str
+    split: str
+    bucket: str | None
+    batch_size: int
+    temperature: float
+
+    @property
+    def id(self) -> str:
+        split = self.split if self.bucket is None else f"{self.split}-{self.bucket}"
+        return f"{self.engine}-{self.drafter}-{split}-bs{self.batch_size}-t{format_temperature(self.temperature)}"
+
+    @property
+    def is_speculative(self) -> bool:
+        return self.drafter != "none"
+
+    @property
+    def dataset_config(self) -> str:
+        """The SPEED-Bench config name this case reads prompts from."""
+        return self.split if self.bucket is None else f"throughput_{self.bucket}"
+
+    def twin(self) -> Case:
+        """The drafter=none case measured on the same engine, prompts and load."""
+        return replace(self, drafter="none")
+
+    def params(self) -> dict[str, object]:
+        return {
+            "engine": self.engine,
+            "drafter": self.drafter,
+            "split": self.split,
+            "bucket": self.bucket,
+            "batch_size": self.batch_size,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass(frozen=True)
+class Matrix:
+    cases: tuple[Case, ...]
+    #: human-readable reasons for combinations that were not generated
+    dropped: tuple[str, ...]
+
+
+def expand(
+    engines: Sequence[str],
+    drafters: Sequence[str],
+    splits: Sequence[str],
+    buckets: Sequence[str],
+    batch_sizes: Sequence[int],
+    temperatures: Sequence[float],
+    batch_sizes_for: dict[str, Sequence[int]] | None = None,
+) -> Matrix:
+    """Every sensible combination, ordered so each engine instance's cases are contiguous
+    and the drafter=none instance of an engine comes before its SD instances (so measured
+    speedups can be computed in the same session)."""
+    batch_sizes_for = batch_sizes_for or {}
+    dropped: list[str] = []
+    cases: list[Case] = []
+    for engine in engines:
+        supported = get_entry(engine).drafters
+        for drafter in _none_first(drafters):
+            if drafter not in supported:
+                dropped.append(
+                    f"{engine}: drafter {drafter!r} not supported (supported: {', '.join(supported)})"
+                )
+                continue
+            for split in splits:
+                split_buckets: list[str | None]
+                if split == "qualitative":
+                    split_buckets = [None]
+                else:
+                    split_buckets = list(buckets)
+                for bucket in split_buckets:
+                    for bs in batch_sizes_for.get(engine, batch_sizes):
+                        for t in temperatures:
+                            cases.append(Case(engine, drafter, split, bucket, bs, t))
+    if "qualitative" in splits and buckets and "throughput" not in splits:
+        dropped.append("buckets apply to the throughput split only; the qualitative split has none")
+    return Matrix(tuple(dict.fromkeys(cases)), tuple(dict.fromkeys(dropped)))
+
+
+def _none_first(drafters: Iterable[str]) -> list[str]:
+    ordered = list(dict.fromkeys(drafters))
+    return sorted(ordered, key=lambda d: d != "none")
+
+
+def twin_of(case: Case, cases: Iterable[Case]) -> Case | None:
+    """The selected drafter=none twin of an SD case, if the matrix has it."""
+    if not case.is_speculative:
+        return None
+    twin = case.twin()
+    return twin if twin in set(cases) else None
