@@ -78,6 +78,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("autosave", "--speedbench-autosave", "save results under .speedbench/ (never overwrites)",
                "bool", False),
     OptionSpec("storage", "--speedbench-storage", "directory for autosaved results", "str", ".speedbench"),
+    OptionSpec("compare", "--speedbench-compare", "baseline results: PATH, 'latest' or a run number NNNN",
+               "str", None),
+    OptionSpec("fail", "--speedbench-fail",
+               "regression rules, e.g. acceptance_length:-3%,speedup_user_tps:-5%,ttft_s.p99:+10%", "str", None),
+    OptionSpec("strict", "--speedbench-strict", "fail on tolerance alone, ignoring the confidence interval",
+               "bool", False),
+    OptionSpec("gpus", "--speedbench-gpus", "GPU ids to spread xdist workers over (comma list)", "str", None),
 )
 
 OPTION_BY_NAME: dict[str, OptionSpec] = {o.name: o for o in OPTIONS}
@@ -148,6 +155,10 @@ class Settings:
     json: str | None = None
     autosave: bool = False
     storage: str = ".speedbench"
+    compare: str | None = None
+    fail: str | None = None
+    strict: bool = False
+    gpus: str | None = None
     #: per-engine overrides from speedbench.yaml's `engines:` section (batch_size, engine_args, ...)
     per_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: sections of speedbench.yaml other modules read (gates, thresholds, ...)
