@@ -1,0 +1,260 @@
+"""The load generator: keeps exactly batch-size conversations in flight and records each turn.
+
+A new conversation starts the moment one finishes; warmup requests run first and are marked so
+the metrics leave them out. Multi-turn rows send turn 2 with turn 1's answer in the
+conversation. The client measures its own event-loop lag so a run can tell when the client,
+not the engine, set the latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .engines.base import Engine, HttpEngine, InProcessEngine, SamplingParams
+from .errors import RequestError, SpeedbenchError
+from .records import Counters, RequestRecord, RunRecords
+from .transport import StreamResult, StreamTransport
+
+
+class ConversationEncoder(Protocol):
+    def encode_conversation(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One conversation: its first turn pre-tokenized, later turns encoded at run time."""
+
+    prompt_id: str
+    category: str
+    turns: tuple[str, ...]
+    first_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    batch_size: int
+    max_new_tokens: int
+    temperature: float
+    warmup: int = 1
+    request_timeout: float = 300.0
+    seed: int = 0
+    ignore_eos: bool = True
+
+
+@dataclass
+class _Sender:
+    """Turns a token-id prompt into a RequestRecord for one engine kind."""
+
+    send: Callable[[Sequence[int], SamplingParams, RequestRecord], Any]
+
+
+def sampling_for(spec: LoadSpec, index: int) -> SamplingParams:
+    seed = spec.seed + index if spec.temperature > 0 else None
+    return SamplingParams(spec.temperature, spec.max_new_tokens, spec.ignore_eos, seed)
+
+
+def records_from_stream(result: StreamResult, parser: Any, record: RequestRecord) -> None:
+    """Parse a finished stream's raw events into the record (after the latency window)."""
+    finished = False
+    for t, data in result.events:
+        event = parser.parse(data)
+        if event is None:
+            continue
+        if event.new_token_ids:
+            record.chunk_times.append(t)
+            record.chunk_tokens.append(len(event.new_token_ids))
+            record.output_ids.extend(event.new_token_ids)
+        if event.counters is not None:
+            record.counters = event.counters
+        finished = finished or event.finished
+    if not finished and not result.done:
+        raise RequestError(
+            f"stream ended without a final event or [DONE] after {len(record.chunk_tokens)} token chunks"
+        )
+
+
+def counters_delta(before: Counters | None, after: Counters | None) -> Counters | None:
+    """Run-level counters over the measured window (after - before), lists element-wise."""
+    if before is None or after is None:
+        return None
+    delta: Counters = {}
+    for key, value in after.items():
+        prev = before.get(key)
+        if isinstance(value, (int, float)) and isinstance(prev, (int, float)):
+            delta[key] = value - prev
+        elif isinstance(value, list) and isinstance(prev, list):
+            padded = prev + [0] * (len(value) - len(prev))
+            delta[key] = [a - b for a, b in zip(value, padded)]
+        elif prev is None:
+            delta[key] = value
+    return delta
+
+
+class LagMonitor:
+    """Measures how late the event loop wakes up: the client's own delay on every timestamp."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        perf = time.perf_counter
+        while True:
+            start = perf()
+            await asyncio.sleep(self.interval)
+            self.lags.append(perf() - start - self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> dict[str, float | int | None]:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        lags = sorted(self.lags)
+        if not lags:
+            return {"loop_lag_samples": 0, "loop_lag_p50_s": None, "loop_lag_p99_s": None, "loop_lag_max_s": None}
+        return {
+            "loop_lag_samples": len(lags),
+            "loop_lag_p50_s": lags[len(lags) // 2],
+            "loop_lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
+            "loop_lag_max_s": lags[-1],
+        }
+
+
+def _warmup_items(items: Sequence[WorkItem], n: int) -> list[WorkItem]:
+    if not items or n <= 0:
+        return []
+    return [WorkItem(i.prompt_id, i.category, i.turns[:1], i.first_ids) for i in itertools.islice(itertools.cycle(items), n)]
+
+
+async def _drive(
+    items: Sequence[WorkItem],
+    spec: LoadSpec,
+    encoder: ConversationEncoder | None,
+    send_turn: Callable[[Sequence[int], SamplingParams, RequestRecord], Any],
+    *,
+    warmup: bool,
+    counter: Iterator[int],
+) -> list[RequestRecord]:
+    """Run conversations with exactly batch_size in flight; returns records in finish order."""
+    records: list[RequestRecord] = []
+    queue = iter(items)
+
+    async def conversation(item: WorkItem) -> None:
+        messages: list[dict[str, str]] = []
+        for turn, text in enumerate(item.turns):
+            messages.append({"role": "user", "content": text})
+            if turn == 0:
+                ids: Sequence[int] = item.first_ids
+            else:
+                if encoder is None:
+                    break
+                ids = encoder.encode_conversation(messages)
+            record = RequestRecord(item.prompt_id, item.category, turn, warmup=warmup)
+            await send_turn(ids, sampling_for(spec, next(counter)), record)
+            records.append(record)
+            if record.error is not None:
+                break
+            if turn + 1 < len(item.turns) and encoder is not None:
+                messages.append({"role": "assistant", "content": encoder.decode(record.output_ids)})
+
+    async def worker() -> None:
+        for item in queue:
+            await conversation(item)
+
+    await asyncio.gather(*(worker() for _ in range(max(1, spec.batch_size))))
+    return records
+
+
+async def run_http(
+    engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None
+) -> RunRecords:
+    async with StreamTransport(engine.base_url) as transport:
+
+        async def send_turn(ids: Sequence[int], sampling: SamplingParams, record: RequestRecord) -> None:
+            request = engine.build_request(ids, sampling)
+            parser = engine.new_parser()
+            record.t_send = time.perf_counter()
+            try:
+                result = await transport.stream(request, spec.request_timeout)
+                records_from_stream(result, parser, record)
+            except RequestError as exc:
+                record.error = str(exc)
+
+        counter = itertools.count()
+        warm = await _drive(_warmup_items(items, spec.warmup), spec, encoder, send_turn, warmup=True, counter=counter)
+        before = await engine.run_counters()
+        monitor = LagMonitor()
+        monitor.start()
+        measured = await _drive(items, spec, encoder, send_turn, warmup=False, counter=counter)
+        lag = await monitor.stop()
+        after = await engine.run_counters()
+    return RunRecords(warm + measured, counters_delta(before, after), {"transport": "aiohttp", "sharded": False, **lag})
+
+
+def run_inprocess(
+    engine: InProcessEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None
+) -> RunRecords:
+    """In-process engines serve one request at a time: a plain loop, no event loop in the way."""
+    if engine.max_concurrency is not None and spec.batch_size > engine.max_concurrency:
+        raise SpeedbenchError(
+            f"{engine.name} serves {engine.max_concurrency} request(s) at a time; batch size {spec.batch_size} "
+            "would report misleading throughput"
+        )
+
+    def send_turn(ids: Sequence[int], sampling: SamplingParams, record: RequestRecord) -> None:
+        perf = time.perf_counter
+
+        def on_chunk(new_ids: Sequence[int]) -> None:
+            record.chunk_times.append(perf())
+            record.chunk_tokens.append(len(new_ids))
+            record.output_ids.extend(new_ids)
+
+        record.t_send = perf()
+        try:
+            record.counters = engine.generate(ids, sampling, on_chunk)
+        except RequestError as exc:
+            record.error = str(exc)
+
+    async def async_send(ids: Sequence[int], sampling: SamplingParams, record: RequestRecord) -> None:
+        send_turn(ids, sampling, record)
+
+    async def main() -> list[RequestRecord]:
+        counter = itertools.count()
+        warm = await _drive(_warmup_items(items, spec.warmup), spec, encoder, async_send, warmup=True, counter=counter)
+        return warm + await _drive(items, spec, encoder, async_send, warmup=False, counter=counter)
+
+    return RunRecords(asyncio.run(main()), None, {"transport": "in-process", "sharded": False})
+
+
+def run_load(
+    engine: Engine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None = None
+) -> RunRecords:
+    """Drive one case's load against an engine and return everything it measured."""
+    if isinstance(engine, InProcessEngine):
+        return run_inprocess(engine, items, spec, encoder)
+    if isinstance(engine, HttpEngine):
+        return asyncio_run(run_http(engine, items, spec, encoder))
+    raise TypeError(f"unsupported engine type {type(engine).__name__}")
+
+
+def asyncio_run(coro: Any) -> Any:
+    """asyncio.run on uvloop when it is installed (cheaper per event)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)

@@ -1,0 +1,1 @@
+"""Fake engine servers that reproduce each engine's wire format for tests."""
