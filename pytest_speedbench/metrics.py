@@ -1,0 +1,428 @@
+"""Run metrics from request records: pure functions, no I/O, no HTTP (DESIGN.md "Metric definitions").
+
+For one request turn: send time t_s; chunks j = 0..n-1 arriving at t_j carrying L_j tokens;
+N = sum L_j. Chunk 0 is prefill's output, so verification steps are chunks 1..n-1.
+
+Streamed chunks are only a proxy for verification steps: a server may coalesce several steps
+into one event or stream one token per event. Engine SD counters (normalized to
+{steps, accepted, drafted?, accepted_per_pos?}, see records.py) measure steps directly, so
+when both exist and disagree by more than 2% the counters are authoritative and the result
+says which source was used and why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .records import Counters, RequestRecord, RunRecords
+
+AGREEMENT_TOLERANCE = 0.02  # relative chunk-vs-counter AL difference tolerated
+SOURCE_CHUNKS = "chunks"
+SOURCE_COUNTERS = "engine_counters"
+SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
+
+
+# --- per-request quantities -------------------------------------------------------------
+
+
+def request_steps(r: RequestRecord) -> int:
+    """Verification steps seen in the stream: chunks 1..n-1."""
+    return max(len(r.chunk_tokens) - 1, 0)
+
+
+def request_step_tokens(r: RequestRecord) -> int:
+    """Tokens produced by verification steps: N - L_0."""
+    return sum(r.chunk_tokens[1:])
+
+
+def request_al(r: RequestRecord) -> float | None:
+    """Request AL = (N - L_0) / (n - 1); None without a step."""
+    steps = request_steps(r)
+    return request_step_tokens(r) / steps if steps else None
+
+
+def request_ttft(r: RequestRecord) -> float | None:
+    """TTFT = t_0 - t_s."""
+    return r.chunk_times[0] - r.t_send if r.chunk_times else None
+
+
+def request_decode_time(r: RequestRecord) -> float | None:
+    """t_{n-1} - t_0: the time spent in verification steps; None without a step."""
+    return r.chunk_times[-1] - r.chunk_times[0] if request_steps(r) else None
+
+
+def request_step_latency(r: RequestRecord) -> float | None:
+    """Step latency = (t_{n-1} - t_0) / (n - 1)."""
+    decode = request_decode_time(r)
+    return decode / request_steps(r) if decode is not None else None
+
+
+def request_tpot(r: RequestRecord) -> float | None:
+    """TPOT = (t_{n-1} - t_0) / (N - L_0)."""
+    decode, tokens = request_decode_time(r), request_step_tokens(r)
+    return decode / tokens if decode is not None and tokens > 0 else None
+
+
+def request_user_tps(r: RequestRecord) -> float | None:
+    """User TPS = (N - L_0) / (t_{n-1} - t_0); None when no time elapsed."""
+    decode = request_decode_time(r)
+    return request_step_tokens(r) / decode if decode is not None and decode > 0 else None
+
+
+def request_e2e(r: RequestRecord) -> float | None:
+    """E2E = t_{n-1} - t_s."""
+    return r.chunk_times[-1] - r.t_send if r.chunk_times else None
+
+
+def counter_steps(c: Counters | None) -> int:
+    """Verification steps in normalized counters (0 when absent)."""
+    return int(c.get("steps") or 0) if c else 0
+
+
+def counter_al(c: Counters | None) -> float | None:
+    """Counter AL = (steps + accepted) / steps; None without steps."""
+    steps = counter_steps(c)
+    return (steps + float(c.get("accepted") or 0)) / steps if steps > 0 else None
+
+
+def request_counter_step_latency(r: RequestRecord) -> float | None:
+    """(t_{n-1} - t_0) / counter steps: step latency when the engine's step count is trusted."""
+    decode, steps = request_decode_time(r), counter_steps(r.counters)
+    return decode / steps if decode is not None and steps > 0 else None
+
+
+# --- aggregate helpers ----------------------------------------------------------------------
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def step_lengths(requests: Iterable[RequestRecord]) -> list[int]:
+    """L_j of every verification step (chunks 1..n-1) over `requests`."""
+    return [k for r in requests for k in r.chunk_tokens[1:]]
+
+
+def al_histogram(lengths: Sequence[int]) -> dict[str, int]:
+    """Steps per accepted length k, keyed str(k) for JSON, in increasing k."""
+    counts = Counter(lengths)
+    return {str(k): counts[k] for k in sorted(counts)}
+
+
+def conditional_rates_from_lengths(lengths: Sequence[int], gamma: int) -> list[float | None]:
+    """Rate at draft position i = 1..gamma: steps with L >= i+1 / steps with L >= i."""
+    arr = np.asarray(lengths, dtype=int)
+    rates: list[float | None] = []
+    for i in range(1, gamma + 1):
+        reached = int((arr >= i).sum())
+        rates.append(int((arr >= i + 1).sum()) / reached if reached else None)
+    return rates
+
+
+def conditional_rates_from_counters(steps: int, accepted_per_pos: Sequence[float], gamma: int) -> list[float | None]:
+    """Position 1: acc[0] / steps; position i: acc[i-1] / acc[i-2]; None where unknown."""
+    rates: list[float | None] = []
+    for i in range(1, gamma + 1):
+        if i > len(accepted_per_pos):
+            rates.append(None)
+            continue
+        den = steps if i == 1 else accepted_per_pos[i - 2]
+        rates.append(float(accepted_per_pos[i - 1]) / den if den else None)
+    return rates
+
+
+def output_tps(requests: Sequence[RequestRecord]) -> float | None:
+    """Total tokens / (last arrival - first send) of `requests` (the measured window)."""
+    if not requests:
+        return None
+    window = max(r.chunk_times[-1] for r in requests) - min(r.t_send for r in requests)
+    return sum(r.num_tokens for r in requests) / window if window > 0 else None
+
+
+def choose_al_source(chunk_al: float | None, counter_al: float | None) -> tuple[str | None, str]:
+    """Which AL is authoritative, and why (the chunk-vs-counter rule)."""
+    if counter_al is None:
+        if chunk_al is None:
+            return None, "no request had a verification step and the engine reported no SD counters"
+        return SOURCE_CHUNKS, "no engine SD counters; AL from streamed chunks"
+    if chunk_al is None:
+        return SOURCE_COUNTERS, "no request streamed a verification step; AL from engine counters"
+    pair = f"chunk AL {chunk_al:.2f} vs counter AL {counter_al:.2f}"
+    if abs(chunk_al - counter_al) <= AGREEMENT_TOLERANCE * counter_al:
+        return SOURCE_CHUNKS, f"{pair}: agree within {AGREEMENT_TOLERANCE:.0%}"
+    if chunk_al <= 1.0 + AGREEMENT_TOLERANCE and counter_al > chunk_al:
+        why = "the server streams one token per event"
+    elif chunk_al > counter_al:
+        why = "the server coalesced steps into one event"
+    else:
+        why = "the server split steps over several events"
+    return SOURCE_COUNTERS, f"{pair}: {why}"
+
+
+@dataclass(frozen=True, slots=True)
+class CounterView:
+    """Engine counters over the measured requests: per request when the engine gives them."""
+
+    per_request: list[tuple[RequestRecord, float]]  # (request, counter AL), steps > 0 only
+    al: float | None  # mean of per-request counter ALs, else run-level pooled
+    pooled: float | None
+    steps: int
+    accepted_per_pos: list[float] | None
+
+    @property
+    def has_per_request(self) -> bool:
+        return bool(self.per_request)
+
+
+def counter_view(requests: Sequence[RequestRecord], run_counters: Counters | None) -> CounterView:
+    """Collect per-request counters, falling back to run-level ones."""
+    with_counters = [r for r in requests if counter_steps(r.counters) > 0]
+    if with_counters:
+        per_request = [(r, counter_al(r.counters)) for r in with_counters]
+        steps = sum(counter_steps(r.counters) for r in with_counters)
+        accepted = sum(float(r.counters.get("accepted") or 0) for r in with_counters)
+        per_pos = _sum_positions([r.counters.get("accepted_per_pos") for r in with_counters])
+        return CounterView(per_request, _mean(al for _, al in per_request), (steps + accepted) / steps, steps, per_pos)
+    al = counter_al(run_counters)
+    per_pos = run_counters.get("accepted_per_pos") if run_counters and al is not None else None
+    return CounterView([], al, al, counter_steps(run_counters), list(per_pos) if per_pos else None)
+
+
+def _sum_positions(lists: Sequence[Sequence[float] | None]) -> list[float] | None:
+    """Element-wise sum of accepted_per_pos lists; None unless every request has one."""
+    if not lists or any(not lst for lst in lists):
+        return None
+    width = max(len(lst) for lst in lists)
+    total = np.zeros(width)
+    for lst in lists:
+        total[: len(lst)] += np.asarray(lst, dtype=float)
+    return total.tolist()
+
+
+# --- run metrics ----------------------------------------------------------------------------
+
+
+def compute_run_metrics(
+    run: RunRecords, *, draft_length: int | None = None, seed: int = 0, n_boot: int = 1000
+) -> dict[str, Any]:
+    """DESIGN.md's `extra_info` metrics (speedups and gate excluded) for one run.
+
+    Warmup requests are ignored; requests with an error (or without any token) are excluded
+    and counted. `draft_length` fixes gamma for the conditional acceptance rates; without it
+    gamma is the longest observed draft (max L - 1, or the counters' position count).
+    """
+    measured = run.measured
+    ok = [r for r in measured if r.ok]
+    chunk_als = [a for a in (request_al(r) for r in ok) if a is not None]
+    lengths = step_lengths(ok)
+    chunk_al = _mean(chunk_als)
+    view = counter_view(ok, run.engine_counters)
+    source, reason = choose_al_source(chunk_al, view.al)
+    use_counters = source == SOURCE_COUNTERS
+
+    if use_counters:
+        al, pooled = view.al, view.pooled
+        per_request_als = [a for _, a in view.per_request] if view.has_per_request else []
+    else:
+        al, per_request_als = chunk_al, chunk_als
+        pooled = sum(lengths) / len(lengths) if lengths else None
+
+    rates_from_counters = use_counters and view.accepted_per_pos is not None
+    if draft_length is not None:
+        gamma = draft_length
+    elif rates_from_counters:
+        gamma = len(view.accepted_per_pos)
+    else:
+        gamma = max(max(lengths) - 1, 0) if lengths else 0
+    if rates_from_counters:
+        rates = conditional_rates_from_counters(view.steps, view.accepted_per_pos, gamma)
+    else:
+        rates = conditional_rates_from_lengths(lengths, gamma)
+
+    all_chunks = [k for r in ok for k in r.chunk_tokens]
+    by_category, category_source = _al_by_category(ok, view if use_counters and view.has_per_request else None)
+    return {
+        "acceptance_length": al,
+        "acceptance_length_ci95": stats.bootstrap_ci(per_request_als, n_boot=n_boot, seed=seed)
+        if per_request_als
+        else None,
+        "acceptance_length_pooled": pooled,
+        "acceptance_length_all_chunks": float(np.mean(all_chunks)) if all_chunks else None,
+        "acceptance_length_by_category": by_category,
+        "acceptance_length_by_category_source": category_source,
+        "acceptance_length_chunks": chunk_al,
+        "acceptance_length_counters": view.al,
+        "al_source": source,
+        "al_source_reason": reason,
+        "al_histogram": al_histogram(lengths),
+        "conditional_acceptance_rate": rates,
+        "conditional_acceptance_source": SOURCE_COUNTERS if rates_from_counters else SOURCE_CHUNKS,
+        "draft_length": gamma,
+        "ttft_s": stats.summarize([request_ttft(r) for r in ok]),
+        "step_latency_s": stats.summarize([request_step_latency(r) for r in ok]),
+        "step_latency_effective_mean_s": _effective_step_latency(ok, source, view, chunk_al),
+        "tpot_s": stats.summarize([request_tpot(r) for r in ok]),
+        "e2e_s": stats.summarize([request_e2e(r) for r in ok]),
+        "user_tps": stats.summarize([request_user_tps(r) for r in ok]),
+        "output_tps": output_tps(ok),
+        "num_requests": len(ok),
+        "num_output_tokens": sum(r.num_tokens for r in ok),
+        "num_steps": len(lengths),
+        "num_single_chunk_requests": sum(1 for r in ok if request_steps(r) == 0),
+        "num_errors": sum(1 for r in measured if r.error is not None),
+        "num_empty": sum(1 for r in measured if r.error is None and not r.chunk_tokens),
+        "num_warmup": len(run.requests) - len(measured),
+    }
+
+
+def _al_by_category(
+    requests: Sequence[RequestRecord], view: CounterView | None
+) -> tuple[dict[str, float | None], str]:
+    """Mean request AL per category, from per-request counters when those are authoritative."""
+    if view is not None:
+        pairs: Iterable[tuple[RequestRecord, float | None]] = view.per_request
+        source = SOURCE_COUNTERS
+    else:
+        pairs = ((r, request_al(r)) for r in requests)
+        source = SOURCE_CHUNKS
+    groups: dict[str, list[float | None]] = {r.category: [] for r in requests}
+    for r, al in pairs:
+        groups[r.category].append(al)
+    return {cat: _mean(groups[cat]) for cat in sorted(groups)}, source
+
+
+def _effective_step_latency(
+    requests: Sequence[RequestRecord], source: str | None, view: CounterView, chunk_al: float | None
+) -> float | None:
+    """Mean step latency consistent with the authoritative AL.
+
+    With chunks it is the chunk step latency. With counters a "step" in the stream is not a
+    verification step: per-request counters give (t_{n-1} - t_0) / steps directly; run-level
+    counters rescale the chunk step latency by counter AL / chunk AL (same tokens, fewer or
+    more steps). Keeps AL / step latency = tokens per second whatever the event framing.
+    """
+    chunk_mean = _mean(request_step_latency(r) for r in requests)
+    if source != SOURCE_COUNTERS:
+        return chunk_mean
+    if view.has_per_request:
+        return _mean(request_counter_step_latency(r) for r, _ in view.per_request)
+    if chunk_mean is None or not chunk_al or view.al is None:
+        return None
+    return chunk_mean * view.al / chunk_al
+
+
+# --- speedups -------------------------------------------------------------------------------
+
+
+def empty_speedups() -> dict[str, Any]:
+    """Speedup keys for a case without an autoregressive twin."""
+    out: dict[str, Any] = {}
+    for key in SPEEDUP_KEYS:
+        out[key] = None
+        out[f"{key}_ci95"] = None
+    out["speedup_analytical_inputs"] = None
+    return out
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+def _analytical_rows(run: RunRecords, metrics: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Paired per-request (AL, step latency) of the SD run, from the authoritative source."""
+    ok = [r for r in run.measured if r.ok]
+    if metrics.get("al_source") == SOURCE_COUNTERS:
+        view = counter_view(ok, run.engine_counters)
+        if view.has_per_request:
+            rows = [(al, request_counter_step_latency(r)) for r, al in view.per_request]
+            rows = [(a, s) for a, s in rows if s is not None]
+            return [a for a, _ in rows], [s for _, s in rows]
+    # chunks, or run-level counters: rescaling both by counter/chunk AL cancels in the ratio
+    rows2 = [(request_al(r), request_step_latency(r)) for r in ok if request_steps(r)]
+    return [a for a, _ in rows2], [s for _, s in rows2]
+
+
+def compute_speedups(
+    sd: RunRecords,
+    ar: RunRecords,
+    sd_metrics: dict[str, Any],
+    ar_metrics: dict[str, Any],
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Measured and analytical speedups of an SD run over its drafter=none twin, with 95% CIs.
+
+    - user TPS: ratio of mean per-request user TPS; CI resamples each run's requests.
+    - output TPS: ratio of measured-window throughputs; the window is not resampled, so the
+      CI rescales the point estimate by the bootstrap spread of sum(tokens) / sum(E2E).
+    - analytical: step_latency(AR) x AL(SD) / step_latency(SD). The AR twin's step latency is
+      its TPOT (each AR step yields one token, so this is immune to event coalescing and equals
+      the chunk step latency when every step is streamed); the SD step latency is the one
+      consistent with the authoritative AL (`step_latency_effective_mean_s`).
+    """
+    out = empty_speedups()
+    sd_ok = [r for r in sd.measured if r.ok]
+    ar_ok = [r for r in ar.measured if r.ok]
+
+    out["speedup_user_tps"] = _ratio(sd_metrics["user_tps"]["mean"], ar_metrics["user_tps"]["mean"])
+    out["speedup_user_tps_ci95"] = stats.bootstrap_ratio_ci(
+        [request_user_tps(r) for r in sd_ok], [request_user_tps(r) for r in ar_ok], n_boot=n_boot, seed=seed
+    )
+
+    speedup_output = _ratio(sd_metrics["output_tps"], ar_metrics["output_tps"])
+    out["speedup_output_tps"] = speedup_output
+    if speedup_output is not None:
+        out["speedup_output_tps_ci95"] = _output_tps_ci(sd_ok, ar_ok, speedup_output, n_boot, seed + 1)
+
+    ar_step = ar_metrics["tpot_s"]["mean"]
+    sd_al, sd_step = sd_metrics["acceptance_length"], sd_metrics["step_latency_effective_mean_s"]
+    if ar_step is not None and sd_al is not None and sd_step:
+        out["speedup_analytical"] = ar_step * sd_al / sd_step
+        out["speedup_analytical_inputs"] = {
+            "ar_step_latency_s": ar_step,
+            "ar_step_latency_basis": "tpot",
+            "sd_acceptance_length": sd_al,
+            "sd_step_latency_s": sd_step,
+            "sd_al_source": sd_metrics.get("al_source"),
+        }
+        sd_als, sd_steps = _analytical_rows(sd, sd_metrics)
+        ar_tpots = stats.finite([request_tpot(r) for r in ar_ok])
+        if sd_als and ar_tpots.size:
+            rng = np.random.default_rng([seed, 2])
+            sd_samples = stats.bootstrap_samples(
+                [sd_als, sd_steps], lambda a, s: a.mean(axis=1) / s.mean(axis=1), n_boot=n_boot, rng=rng
+            )
+            ar_samples = stats.bootstrap_samples([ar_tpots], lambda t: t.mean(axis=1), n_boot=n_boot, rng=rng)
+            out["speedup_analytical_ci95"] = stats.percentile_interval(ar_samples * sd_samples)
+    return out
+
+
+def _output_tps_ci(
+    sd_ok: Sequence[RequestRecord], ar_ok: Sequence[RequestRecord], point: float, n_boot: int, seed: int
+) -> list[float] | None:
+    """CI of the output-TPS speedup: point x relative bootstrap spread of tokens/E2E per side."""
+
+    def columns(reqs: Sequence[RequestRecord]) -> tuple[list[float], list[float]]:
+        rows = [(float(r.num_tokens), request_e2e(r)) for r in reqs]
+        rows = [(n, e) for n, e in rows if e is not None and e > 0]
+        return [n for n, _ in rows], [e for _, e in rows]
+
+    sd_cols, ar_cols = columns(sd_ok), columns(ar_ok)
+    if not sd_cols[0] or not ar_cols[0]:
+        return None
+    rng = np.random.default_rng([seed, 1])
+
+    def rate(n: np.ndarray, e: np.ndarray) -> np.ndarray:
+        return n.sum(axis=1) / e.sum(axis=1)
+
+    sd_rel = stats.bootstrap_samples(sd_cols, rate, n_boot=n_boot, rng=rng) / (sum(sd_cols[0]) / sum(sd_cols[1]))
+    ar_rel = stats.bootstrap_samples(ar_cols, rate, n_boot=n_boot, rng=rng) / (sum(ar_cols[0]) / sum(ar_cols[1]))
+    return stats.percentile_interval(point * sd_rel / ar_rel)

@@ -1,0 +1,369 @@
+"""Run metrics: DESIGN.md's formulas on hand-computable and synthetic runs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_speedbench import metrics as M
+from pytest_speedbench.records import RequestRecord, RunRecords
+
+# --- synthetic runs with known per-step acceptances -------------------------------------
+
+
+def synthetic_request(
+    accepts: list[int],
+    *,
+    gamma: int,
+    framing: str = "steps",
+    category: str = "qa",
+    t_send: float = 0.0,
+    ttft: float = 0.1,
+    dt: float = 0.02,
+    with_counters: bool = False,
+    prompt_id: str = "p",
+) -> RequestRecord:
+    """A request whose verification step s accepted `accepts[s]` draft tokens (so L = a + 1).
+
+    framing: "steps" = one event per step; "pairs" = two steps coalesced into one event;
+    "tokens" = one event per token (within a step, tokens arrive together).
+    """
+    t0 = t_send + ttft
+    step_times = [t0 + dt * (s + 1) for s in range(len(accepts))]
+    lengths = [a + 1 for a in accepts]
+    times, tokens = [t0], [1]
+    if framing == "steps":
+        times += step_times
+        tokens += lengths
+    elif framing == "pairs":
+        for s in range(0, len(lengths), 2):
+            times.append(step_times[min(s + 1, len(lengths) - 1)])
+            tokens.append(sum(lengths[s : s + 2]))
+    elif framing == "tokens":
+        for t, k in zip(step_times, lengths):
+            times += [t] * k
+            tokens += [1] * k
+    else:
+        raise ValueError(framing)
+    counters = None
+    if with_counters:
+        counters = {
+            "steps": len(accepts),
+            "accepted": sum(accepts),
+            "drafted": gamma * len(accepts),
+            "accepted_per_pos": [sum(1 for a in accepts if a >= p) for p in range(1, gamma + 1)],
+        }
+    return RequestRecord(
+        prompt_id=prompt_id,
+        category=category,
+        t_send=t_send,
+        chunk_times=times,
+        chunk_tokens=tokens,
+        counters=counters,
+    )
+
+
+def synthetic_run(runs: list[list[int]], **kw) -> RunRecords:
+    return RunRecords([synthetic_request(a, prompt_id=f"p{i}", **kw) for i, a in enumerate(runs)])
+
+
+accept_lists = st.lists(st.lists(st.integers(0, 4), min_size=1, max_size=12), min_size=1, max_size=8)
+
+
+# --- per-request formulas ----------------------------------------------------------------
+
+HAND = RequestRecord("a", "math", t_send=10.0, chunk_times=[10.5, 10.7, 10.8, 11.1], chunk_tokens=[1, 3, 2, 1])
+
+
+def test_request_formulas_by_hand():
+    # N = 7, L0 = 1, n = 4 -> 6 step tokens over 3 steps; decode window 11.1 - 10.5 = 0.6
+    assert M.request_steps(HAND) == 3
+    assert M.request_step_tokens(HAND) == 6
+    assert M.request_al(HAND) == pytest.approx(2.0)
+    assert M.request_ttft(HAND) == pytest.approx(0.5)
+    assert M.request_step_latency(HAND) == pytest.approx(0.2)
+    assert M.request_tpot(HAND) == pytest.approx(0.1)
+    assert M.request_user_tps(HAND) == pytest.approx(10.0)
+    assert M.request_e2e(HAND) == pytest.approx(1.1)
+
+
+def test_single_chunk_request_has_no_steps():
+    r = RequestRecord("b", "qa", t_send=0.0, chunk_times=[0.3], chunk_tokens=[5])
+    assert M.request_steps(r) == 0
+    assert M.request_al(r) is None
+    assert M.request_step_latency(r) is None
+    assert M.request_tpot(r) is None
+    assert M.request_user_tps(r) is None
+    assert M.request_ttft(r) == pytest.approx(0.3)
+    assert M.request_e2e(r) == pytest.approx(0.3)
+
+
+def test_counter_al():
+    assert M.counter_al({"steps": 10, "accepted": 13}) == pytest.approx(2.3)
+    assert M.counter_al({"steps": 0, "accepted": 0}) is None
+    assert M.counter_al(None) is None
+
+
+# --- run metrics by hand ------------------------------------------------------------------
+
+
+def hand_run() -> RunRecords:
+    return RunRecords(
+        [
+            RequestRecord("w", "math", t_send=-5.0, chunk_times=[-4.0, -3.0], chunk_tokens=[1, 9], warmup=True),
+            HAND,  # AL 2.0, lengths 3,2,1
+            RequestRecord("b", "code", t_send=10.2, chunk_times=[10.4, 10.6], chunk_tokens=[1, 4]),  # AL 4
+            RequestRecord("c", "code", t_send=10.1, chunk_times=[10.3], chunk_tokens=[2]),  # no step
+            RequestRecord("d", "code", t_send=10.0, error="HTTP 500"),
+            RequestRecord("e", "code", t_send=10.0),  # no token, no error
+        ]
+    )
+
+
+def test_run_metrics_by_hand():
+    m = M.compute_run_metrics(hand_run(), draft_length=3)
+    assert m["num_requests"] == 3
+    assert m["num_errors"] == 1
+    assert m["num_empty"] == 1
+    assert m["num_warmup"] == 1
+    assert m["num_single_chunk_requests"] == 1
+    assert m["num_output_tokens"] == 7 + 5 + 2
+    assert m["num_steps"] == 4
+    assert m["acceptance_length"] == pytest.approx(3.0)  # mean(2, 4); c has no step
+    assert m["acceptance_length_pooled"] == pytest.approx(10 / 4)
+    assert m["acceptance_length_all_chunks"] == pytest.approx(14 / 7)
+    assert m["acceptance_length_by_category"] == {"code": pytest.approx(4.0), "math": pytest.approx(2.0)}
+    assert m["al_histogram"] == {"1": 1, "2": 1, "3": 1, "4": 1}
+    # lengths 3,2,1,4: >=1: 4, >=2: 3, >=3: 2, >=4: 1
+    assert m["conditional_acceptance_rate"] == pytest.approx([3 / 4, 2 / 3, 1 / 2])
+    assert m["al_source"] == "chunks"
+    assert m["acceptance_length_counters"] is None
+    # output TPS: 14 tokens over [first send 10.0, last arrival 11.1]; warmup/error/empty excluded
+    assert m["output_tps"] == pytest.approx(14 / 1.1)
+    assert m["ttft_s"]["mean"] == pytest.approx((0.5 + 0.2 + 0.2) / 3)
+    assert m["e2e_s"]["p50"] == pytest.approx(0.4)  # e2e 1.1, 0.4, 0.2
+    assert m["step_latency_s"]["mean"] == pytest.approx((0.2 + 0.2) / 2)
+    assert m["tpot_s"]["mean"] == pytest.approx((0.1 + 0.05) / 2)
+    assert m["user_tps"]["mean"] == pytest.approx((10.0 + 20.0) / 2)
+    lo, hi = m["acceptance_length_ci95"]
+    assert 2.0 <= lo <= 3.0 <= hi <= 4.0
+
+
+def test_design_keys_present():
+    m = M.compute_run_metrics(hand_run())
+    m.update(M.empty_speedups())
+    design_keys = (
+        "acceptance_length acceptance_length_ci95 acceptance_length_pooled acceptance_length_all_chunks "
+        "acceptance_length_by_category al_source al_histogram conditional_acceptance_rate ttft_s "
+        "step_latency_s tpot_s e2e_s user_tps output_tps num_requests num_output_tokens "
+        "speedup_user_tps speedup_output_tps speedup_analytical"
+    ).split()
+    assert set(design_keys) <= set(m)
+    for key in ("ttft_s", "step_latency_s", "tpot_s", "e2e_s", "user_tps"):
+        assert set(m[key]) == {"mean", "std", "p50", "p90", "p99"}
+
+
+def test_gamma_defaults_to_longest_observed_draft():
+    m = M.compute_run_metrics(synthetic_run([[0, 2, 1]], gamma=4))
+    assert m["draft_length"] == 2
+    assert len(m["conditional_acceptance_rate"]) == 2
+
+
+def test_autoregressive_run_has_no_rates():
+    m = M.compute_run_metrics(synthetic_run([[0] * 5, [0] * 3], gamma=0))
+    assert m["acceptance_length"] == 1.0
+    assert m["conditional_acceptance_rate"] == []
+    assert m["al_histogram"] == {"1": 8}
+
+
+def test_empty_run():
+    m = M.compute_run_metrics(RunRecords([RequestRecord("x", "qa", error="timeout")]))
+    assert m["num_requests"] == 0 and m["num_errors"] == 1
+    assert m["acceptance_length"] is None and m["acceptance_length_ci95"] is None
+    assert m["al_source"] is None
+    assert m["output_tps"] is None
+    assert m["ttft_s"]["mean"] is None
+
+
+# --- synthetic runs: properties -------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(accept_lists)
+def test_known_acceptances_give_exact_metrics(runs):
+    gamma = 4
+    m = M.compute_run_metrics(synthetic_run(runs, gamma=gamma), draft_length=gamma, n_boot=50)
+    per_request = [sum(a + 1 for a in acc) / len(acc) for acc in runs]
+    every = [a for acc in runs for a in acc]
+    assert m["acceptance_length"] == pytest.approx(sum(per_request) / len(per_request))
+    assert m["acceptance_length_pooled"] == pytest.approx(sum(a + 1 for a in every) / len(every))
+    expected_hist = {str(k + 1): every.count(k) for k in sorted(set(every))}
+    assert m["al_histogram"] == expected_hist
+    for i, rate in enumerate(m["conditional_acceptance_rate"], start=1):
+        reached = sum(1 for a in every if a >= i - 1)
+        expected = sum(1 for a in every if a >= i) / reached if reached else None
+        assert rate == pytest.approx(expected) if expected is not None else rate is None
+    assert m["step_latency_s"]["mean"] == pytest.approx(0.02)
+    assert m["ttft_s"]["mean"] == pytest.approx(0.1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(accept_lists)
+def test_pooled_between_request_extremes_and_histogram_counts_steps(runs):
+    run = synthetic_run(runs, gamma=4)
+    m = M.compute_run_metrics(run, n_boot=50)
+    als = [M.request_al(r) for r in run.requests]
+    assert min(als) - 1e-9 <= m["acceptance_length_pooled"] <= max(als) + 1e-9
+    assert min(als) - 1e-9 <= m["acceptance_length"] <= max(als) + 1e-9
+    assert sum(m["al_histogram"].values()) == m["num_steps"] == sum(len(a) for a in runs)
+    # sum over k of k * count = tokens produced by steps
+    assert sum(int(k) * v for k, v in m["al_histogram"].items()) == sum(M.request_step_tokens(r) for r in run.requests)
+    assert all(r is None or 0.0 <= r <= 1.0 for r in m["conditional_acceptance_rate"])
+    lo, hi = m["acceptance_length_ci95"]
+    assert min(als) - 1e-9 <= lo <= hi <= max(als) + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=40), st.integers(0, 6))
+def test_conditional_rates_bounded(lengths, gamma):
+    rates = M.conditional_rates_from_lengths(lengths, gamma)
+    assert len(rates) == gamma
+    assert all(r is None or 0.0 <= r <= 1.0 for r in rates)
+
+
+def test_conditional_rates_from_counters_by_hand():
+    # 10 steps; 6 accepted pos 1, 3 accepted pos 2, 0 at pos 3
+    assert M.conditional_rates_from_counters(10, [6, 3, 0], 4) == [0.6, 0.5, 0.0, None]
+    assert M.conditional_rates_from_counters(10, [0, 0], 2) == [0.0, None]
+
+
+# --- chunk vs counter rule ------------------------------------------------------------------
+
+
+def test_choose_al_source():
+    assert M.choose_al_source(2.00, 2.03)[0] == "chunks"  # within 2%
+    source, reason = M.choose_al_source(1.0, 2.31)
+    assert source == "engine_counters"
+    assert reason == "chunk AL 1.00 vs counter AL 2.31: the server streams one token per event"
+    source, reason = M.choose_al_source(4.4, 2.2)
+    assert source == "engine_counters" and "coalesced steps into one event" in reason
+    assert M.choose_al_source(2.0, None) == ("chunks", "no engine SD counters; AL from streamed chunks")
+    assert M.choose_al_source(None, 2.0)[0] == "engine_counters"
+
+
+RUNS = [[2, 3, 0, 1, 3], [1, 1, 0, 2], [3, 3, 3], [0, 2, 1, 1, 0, 3]]
+
+
+def true_metrics():
+    return M.compute_run_metrics(synthetic_run(RUNS, gamma=3), draft_length=3)
+
+
+def test_coalesced_events_counters_win():
+    truth = true_metrics()
+    m = M.compute_run_metrics(synthetic_run(RUNS, gamma=3, framing="pairs", with_counters=True), draft_length=3)
+    assert m["acceptance_length_chunks"] > 1.5 * truth["acceptance_length"]  # two steps per event
+    assert m["al_source"] == "engine_counters"
+    assert "coalesced steps into one event" in m["al_source_reason"]
+    assert m["acceptance_length"] == pytest.approx(truth["acceptance_length"])
+    assert m["acceptance_length_counters"] == pytest.approx(truth["acceptance_length"])
+    assert m["acceptance_length_pooled"] == pytest.approx(truth["acceptance_length_pooled"])
+    assert m["acceptance_length_by_category"] == pytest.approx(truth["acceptance_length_by_category"])
+    assert m["conditional_acceptance_source"] == "engine_counters"
+    assert m["conditional_acceptance_rate"] == pytest.approx(truth["conditional_acceptance_rate"])
+    # step latency consistent with the counter AL: the true 20 ms per step
+    assert m["step_latency_effective_mean_s"] == pytest.approx(0.02)
+    assert m["step_latency_s"]["mean"] > 0.03  # what the events alone suggest
+    assert m["acceptance_length_ci95"] == pytest.approx(truth["acceptance_length_ci95"])
+
+
+def test_one_token_per_event_counters_win():
+    truth = true_metrics()
+    m = M.compute_run_metrics(synthetic_run(RUNS, gamma=3, framing="tokens", with_counters=True), draft_length=3)
+    assert m["acceptance_length_chunks"] == pytest.approx(1.0)
+    assert m["al_source"] == "engine_counters"
+    assert m["al_source_reason"].endswith("the server streams one token per event")
+    assert m["al_source_reason"].startswith(f"chunk AL 1.00 vs counter AL {truth['acceptance_length']:.2f}")
+    assert m["acceptance_length"] == pytest.approx(truth["acceptance_length"])
+    assert m["step_latency_effective_mean_s"] == pytest.approx(0.02)
+
+
+def test_agreeing_counters_keep_chunks():
+    m = M.compute_run_metrics(synthetic_run(RUNS, gamma=3, with_counters=True), draft_length=3)
+    assert m["al_source"] == "chunks"
+    assert m["acceptance_length_counters"] == pytest.approx(m["acceptance_length_chunks"])
+    assert m["conditional_acceptance_source"] == "chunks"
+
+
+def test_run_level_counters():
+    truth = true_metrics()
+    run = synthetic_run(RUNS, gamma=3, framing="pairs")
+    every = [a for acc in RUNS for a in acc]
+    run.engine_counters = {"steps": len(every), "accepted": sum(every)}
+    m = M.compute_run_metrics(run, draft_length=3)
+    assert m["al_source"] == "engine_counters"
+    assert m["acceptance_length"] == pytest.approx(truth["acceptance_length_pooled"])  # pooled only
+    assert m["acceptance_length_ci95"] is None  # no per-request values to resample
+    assert m["conditional_acceptance_source"] == "chunks"  # no accepted_per_pos given
+    assert m["step_latency_effective_mean_s"] == pytest.approx(
+        m["step_latency_s"]["mean"] * m["acceptance_length"] / m["acceptance_length_chunks"]
+    )
+
+
+# --- speedups ---------------------------------------------------------------------------------
+
+
+def test_empty_speedups_keys():
+    e = M.empty_speedups()
+    for key in M.SPEEDUP_KEYS:
+        assert e[key] is None and e[f"{key}_ci95"] is None
+
+
+def test_speedups_by_hand():
+    # AR: 1 token per 10 ms step. SD: AL 3 (accept 2 every step), 15 ms per step.
+    ar = synthetic_run([[0] * 30] * 4, gamma=0, dt=0.010, ttft=0.05)
+    sd = synthetic_run([[2] * 10] * 4, gamma=2, dt=0.015, ttft=0.05)
+    ar_m, sd_m = M.compute_run_metrics(ar), M.compute_run_metrics(sd)
+    s = M.compute_speedups(sd, ar, sd_m, ar_m)
+    # user TPS: SD 30 tok / 0.15 s = 200, AR 30 / 0.30 = 100
+    assert s["speedup_user_tps"] == pytest.approx(2.0)
+    assert s["speedup_user_tps_ci95"] == pytest.approx([2.0, 2.0])
+    # output TPS: 31 tokens / 0.2 s vs 31 / 0.35 s per request, run concurrently
+    assert s["speedup_output_tps"] == pytest.approx(0.35 / 0.2)
+    assert s["speedup_output_tps_ci95"] == pytest.approx([0.35 / 0.2] * 2)
+    # analytical: 10 ms x 3 / 15 ms
+    assert s["speedup_analytical"] == pytest.approx(2.0)
+    assert s["speedup_analytical_ci95"] == pytest.approx([2.0, 2.0])
+    assert s["speedup_analytical_inputs"]["sd_acceptance_length"] == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("ar_framing", ["steps", "pairs"])
+def test_analytical_speedup_independent_of_event_framing(ar_framing):
+    # an AR server that streams every other token ("pairs") still takes 10 ms per step
+    ar = synthetic_run([[0] * 12] * 3, gamma=0, dt=0.010, framing=ar_framing)
+    ar_m = M.compute_run_metrics(ar)
+    by_framing = {}
+    for framing in ("steps", "pairs", "tokens"):
+        sd = synthetic_run(RUNS, gamma=3, dt=0.016, framing=framing, with_counters=True)
+        sd_m = M.compute_run_metrics(sd, draft_length=3)
+        by_framing[framing] = M.compute_speedups(sd, ar, sd_m, ar_m)["speedup_analytical"]
+    expected = 0.010 * true_metrics()["acceptance_length"] / 0.016
+    assert by_framing == pytest.approx({"steps": expected, "pairs": expected, "tokens": expected})
+
+
+def test_speedup_cis_bracket_noisy_estimates():
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    ar = synthetic_run([[0] * 20] * 30, gamma=0, dt=0.01)
+    for r in ar.requests:  # jitter AR step times
+        r.chunk_times = [r.chunk_times[0]] + [t + rng.uniform(0, 0.005) for t in r.chunk_times[1:]]
+        r.chunk_times = sorted(r.chunk_times)
+    sd_runs = [list(rng.integers(0, 4, size=8)) for _ in range(30)]
+    sd = synthetic_run(sd_runs, gamma=3, dt=0.015)
+    ar_m, sd_m = M.compute_run_metrics(ar), M.compute_run_metrics(sd)
+    s = M.compute_speedups(sd, ar, sd_m, ar_m, seed=3)
+    for key in M.SPEEDUP_KEYS:
+        lo, hi = s[f"{key}_ci95"]
+        assert lo <= s[key] <= hi, key
+        assert hi > lo, key
