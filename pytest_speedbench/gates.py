@@ -1,0 +1,553 @@
+"""Regression gates: absolute thresholds and baseline comparison -> a verdict with reasons.
+
+Pure functions over `extra_info` dicts (DESIGN.md's "Results JSON"), so the plugin, the
+`speedbench compare` command and the tests share one implementation and no I/O happens here.
+
+Two kinds of check:
+
+- thresholds (speedbench.yaml `thresholds:`): absolute bounds, `{min: x}` / `{max: y}`, for the
+  cases whose params (and, for per-category metrics, category) match a subset of the axes;
+- rules (`--speedbench-fail=acceptance_length:-3%,ttft_s.p99:+10%`): the allowed change against
+  a baseline run. The sign names the direction that fails. A change fails only when it exceeds
+  the tolerance *and* the baseline value lies outside the current run's 95% confidence
+  interval (noise-aware); `strict=True` drops the second condition. See docs/gates.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature")
+MATCH_KEYS: tuple[str, ...] = (*PARAM_KEYS, "category")
+
+#: summary objects {mean, std, p50, p90, p99}: a metric path names one statistic, e.g. ttft_s.p99
+SUMMARY_METRICS: tuple[str, ...] = ("ttft_s", "step_latency_s", "tpot_s", "e2e_s", "user_tps")
+SUMMARY_STATS: tuple[str, ...] = ("mean", "std", "p50", "p90", "p99")
+SCALAR_METRICS: tuple[str, ...] = (
+    "acceptance_length",
+    "acceptance_length_pooled",
+    "acceptance_length_all_chunks",
+    "output_tps",
+    "speedup_user_tps",
+    "speedup_output_tps",
+    "speedup_analytical",
+)
+CATEGORY_MAP = "acceptance_length_by_category"
+#: metrics a threshold with `category` in its match may bound: `<metric>_by_category[cat]`
+CATEGORY_METRICS: tuple[str, ...] = ("acceptance_length",)
+#: metrics where a larger value is better (a drop is the regression direction)
+HIGHER_IS_BETTER: frozenset[str] = frozenset(
+    {*SCALAR_METRICS, CATEGORY_MAP, *(f"user_tps.{s}" for s in ("mean", "p50", "p90", "p99"))}
+)
+
+#: float slack so a change of exactly the tolerance (e.g. 2.0 -> 1.94 for -3%) does not fail
+_EPS = 1e-9
+_SPEC_RE = re.compile(r"^(?P<sign>[+-])?(?P<num>\d+(?:\.\d*)?|\.\d+)(?P<pct>%)?$")
+
+
+def metric_names() -> list[str]:
+    """Every metric path a rule or threshold may name (per-category paths as a pattern)."""
+    names = list(SCALAR_METRICS)
+    names += [f"{m}.{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS]
+    names += [CATEGORY_MAP, f"{CATEGORY_MAP}.<category>"]
+    return names
+
+
+def _check_metric(name: str, where: str) -> str:
+    name = name.strip()
+    if name in SCALAR_METRICS or name == CATEGORY_MAP:
+        return name
+    head, dot, tail = name.partition(".")
+    if head in SUMMARY_METRICS and tail in SUMMARY_STATS:
+        return name
+    if head == CATEGORY_MAP and dot and tail:
+        return name
+    hint = ""
+    if head in SUMMARY_METRICS:
+        hint = f" ({head} is a summary: name one statistic, e.g. {head}.p99)"
+    raise UsageError(
+        f"{where}: unknown metric {name!r}{hint}; valid metrics: {', '.join(metric_names())}"
+    )
+
+
+def _bad_direction(metric: str) -> int:
+    """-1 when a decrease is the regression direction, +1 when an increase is."""
+    head = metric.partition(".")[0]
+    return -1 if metric in HIGHER_IS_BETTER or head == CATEGORY_MAP else +1
+
+
+# --------------------------------------------------------------------------- value lookup
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def lookup(extra_info: Mapping[str, Any], path: str) -> float | None:
+    """The finite number at `path` ('acceptance_length', 'ttft_s.p99', 'acceptance_length_by_category.math')."""
+    head, _, tail = path.partition(".")
+    value = extra_info.get(head)
+    if tail:
+        value = value.get(tail) if isinstance(value, Mapping) else None
+    return _number(value)
+
+
+@dataclass(frozen=True)
+class Interval:
+    lo: float
+    hi: float
+    #: how it was obtained: "95% CI" (bootstrap, from the results) or "95% CI (normal approx.)"
+    label: str = "95% CI"
+
+    def __contains__(self, value: float) -> bool:
+        return self.lo <= value <= self.hi
+
+    def __str__(self) -> str:
+        return f"{self.label} [{fmt(self.lo)}, {fmt(self.hi)}]"
+
+
+def _pair(value: Any) -> Interval | None:
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        lo, hi = _number(value[0]), _number(value[1])
+        if lo is not None and hi is not None:
+            return Interval(min(lo, hi), max(lo, hi))
+    return None
+
+
+def current_interval(extra_info: Mapping[str, Any], path: str) -> Interval | None:
+    """The current run's 95% interval for `path`, or None when the run carries none.
+
+    Looked up, in order: `<metric>_ci95` (e.g. acceptance_length_ci95, speedup_user_tps_ci95);
+    for a path a.b, `a["b_ci95"]` then `a_ci95["b"]` (e.g. acceptance_length_by_category_ci95
+    {cat: [lo, hi]}); for `<summary>.mean`, the normal approximation mean +- 1.96 std/sqrt(n)
+    with n = num_requests. Percentiles, std and output_tps have no interval unless metrics
+    add one: for them the tolerance alone decides.
+    """
+    if "." not in path:
+        return _pair(extra_info.get(f"{path}_ci95"))
+    head, _, tail = path.partition(".")
+    obj = extra_info.get(head)
+    if isinstance(obj, Mapping) and (found := _pair(obj.get(f"{tail}_ci95"))):
+        return found
+    per_key = extra_info.get(f"{head}_ci95")
+    if isinstance(per_key, Mapping) and (found := _pair(per_key.get(tail))):
+        return found
+    if tail == "mean" and isinstance(obj, Mapping):
+        mean, std = _number(obj.get("mean")), _number(obj.get("std"))
+        n = _number(extra_info.get("num_requests"))
+        if mean is not None and std is not None and n and n >= 2:
+            half = 1.96 * std / math.sqrt(n)
+            return Interval(mean - half, mean + half, "95% CI (normal approx.)")
+    return None
+
+
+def fmt(value: float | None) -> str:
+    """Compact number for messages: 2.41, 0.0123, 1234."""
+    if value is None:
+        return "n/a"
+    a = abs(value)
+    if a >= 1000:
+        return f"{value:.0f}"
+    if a >= 100:
+        return f"{value:.1f}"
+    if a >= 1 or a == 0:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _pct(baseline: float, current: float) -> float | None:
+    return None if baseline == 0 else (current - baseline) / abs(baseline) * 100.0
+
+
+# --------------------------------------------------------------------------- rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One `--speedbench-fail` rule: `metric:[+|-]amount[%]`."""
+
+    metric: str
+    #: -1: a decrease beyond `amount` fails; +1: an increase beyond `amount` fails
+    direction: int
+    amount: float
+    relative: bool
+
+    @property
+    def text(self) -> str:
+        sign = "-" if self.direction < 0 else "+"
+        return f"{self.metric}:{sign}{self.amount:g}{'%' if self.relative else ''}"
+
+    def exceeded(self, baseline: float, current: float) -> bool | None:
+        """True when the change goes beyond the tolerance in the failing direction; None if undefined."""
+        if self.relative:
+            pct = _pct(baseline, current)
+            if pct is None:
+                return None
+            return pct * self.direction > self.amount + _EPS * max(1.0, self.amount)
+        delta = (current - baseline) * self.direction
+        return delta > self.amount + _EPS * max(1.0, abs(baseline), abs(current))
+
+    def expand(self, baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+        """Concrete metric paths: `acceptance_length_by_category` means each category in both runs."""
+        if self.metric != CATEGORY_MAP:
+            return [self.metric]
+        base, cur = baseline.get(CATEGORY_MAP), current.get(CATEGORY_MAP)
+        if not isinstance(base, Mapping) or not isinstance(cur, Mapping):
+            return [self.metric]
+        return [f"{CATEGORY_MAP}.{c}" for c in cur if c in base]
+
+
+def parse_fail_rules(text: str | Sequence[str] | None) -> list[Rule]:
+    """Parse `acceptance_length:-3%,speedup_user_tps:-5%,ttft_s.p99:+10%` (or a yaml list of items).
+
+    A percent amount is relative to the baseline; a bare number is an absolute change in the
+    metric's unit. Without a sign the metric's regression direction is used (a drop for AL,
+    TPS and speedups; a rise for latencies).
+    """
+    if text is None:
+        return []
+    items = [p.strip() for p in text.split(",")] if isinstance(text, str) else [str(p).strip() for p in text]
+    rules: list[Rule] = []
+    for item in items:
+        if not item:
+            continue
+        metric, sep, spec = item.rpartition(":")
+        if not sep or not metric:
+            raise UsageError(
+                f"--speedbench-fail: rule {item!r} is not METRIC:CHANGE (e.g. acceptance_length:-3%, "
+                f"ttft_s.p99:+10%, acceptance_length:-0.1); valid metrics: {', '.join(metric_names())}"
+            )
+        metric = _check_metric(metric, f"--speedbench-fail rule {item!r}")
+        m = _SPEC_RE.match(spec.strip())
+        if not m:
+            raise UsageError(
+                f"--speedbench-fail: rule {item!r} has change {spec!r}; expected a signed amount such as "
+                f"-3% (relative) or -0.1 (absolute), where the sign names the direction that fails"
+            )
+        direction = {"-": -1, "+": +1, None: _bad_direction(metric)}[m.group("sign")]
+        rules.append(Rule(metric, direction, float(m.group("num")), m.group("pct") is not None))
+    return rules
+
+
+def rules_from_settings(fail_option: str | None, sections: Mapping[str, Any]) -> list[Rule]:
+    """The command line `--speedbench-fail` wins; otherwise speedbench.yaml `fail:` (or `gates: {fail:}`)."""
+    if fail_option:
+        return parse_fail_rules(fail_option)
+    gates = sections.get("gates") if isinstance(sections.get("gates"), Mapping) else {}
+    return parse_fail_rules(sections.get("fail", gates.get("fail")))
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _norm(value: Any) -> Any:
+    """Match values across yaml and results: 0 == 0.0, '1' == 1, None == null."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+@dataclass(frozen=True)
+class Bound:
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """One `thresholds:` entry: applies to cases whose params match every key of `match`."""
+
+    index: int
+    match: tuple[tuple[str, tuple[Any, ...]], ...]
+    bounds: tuple[Bound, ...]
+
+    @property
+    def categories(self) -> tuple[Any, ...] | None:
+        """Category values of the match (('*',) for every category), None when not per category."""
+        return dict(self.match).get("category")
+
+    def matches(self, params: Mapping[str, Any]) -> bool:
+        for key, accepted in self.match:
+            if key == "category":
+                continue
+            if _norm(params.get(key)) not in {_norm(v) for v in accepted}:
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        for key, values in self.match:
+            shown = values[0] if len(values) == 1 else "|".join(str(v) for v in values)
+            parts.append(f"{key}={shown}")
+        return f"thresholds[{self.index}]" + (f" ({', '.join(parts)})" if parts else " (all cases)")
+
+
+def parse_thresholds(sections: Mapping[str, Any]) -> list[Threshold]:
+    """Read speedbench.yaml's `thresholds:` list (or `gates: {thresholds: [...]}`).
+
+    Each entry: `match: {axis: value | [values], category: name | [names] | '*'}` plus
+    `metric: {min: x, max: y}` items. Errors name the entry and the valid keys.
+    """
+    raw = sections.get("thresholds")
+    gates = sections.get("gates")
+    if raw is None and isinstance(gates, Mapping):
+        raw = gates.get("thresholds")
+    if raw is None:
+        return []
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        raise UsageError("speedbench.yaml: 'thresholds' must be a list of {match: {...}, <metric>: {min|max: value}}")
+    out: list[Threshold] = []
+    for index, entry in enumerate(raw):
+        where = f"speedbench.yaml thresholds[{index}]"
+        if not isinstance(entry, Mapping):
+            raise UsageError(f"{where}: expected a mapping, got {entry!r}")
+        match_raw = entry.get("match") or {}
+        if not isinstance(match_raw, Mapping):
+            raise UsageError(f"{where}: 'match' must map axes to values, got {match_raw!r}")
+        match: list[tuple[str, tuple[Any, ...]]] = []
+        for key, value in match_raw.items():
+            if key not in MATCH_KEYS:
+                raise UsageError(f"{where}: unknown match key {key!r}; valid keys: {', '.join(MATCH_KEYS)}")
+            values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            if not values:
+                raise UsageError(f"{where}: match key {key!r} has an empty list")
+            match.append((str(key), values))
+        per_category = "category" in dict(match)
+        bounds: list[Bound] = []
+        for metric, spec in entry.items():
+            if metric == "match":
+                continue
+            metric = _check_metric(str(metric), where)
+            if per_category and metric not in CATEGORY_METRICS:
+                raise UsageError(
+                    f"{where}: metric {metric!r} has no per-category value; with 'category' in match "
+                    f"valid metrics are: {', '.join(CATEGORY_METRICS)}"
+                )
+            if not isinstance(spec, Mapping) or not spec or set(spec) - {"min", "max"}:
+                raise UsageError(f"{where}: {metric} must be {{min: x}}, {{max: y}} or both, got {spec!r}")
+            limits: dict[str, float] = {}
+            for k, v in spec.items():
+                num = _number(v)
+                if num is None:
+                    raise UsageError(f"{where}: {metric}.{k} must be a number, got {v!r}")
+                limits[k] = num
+            bounds.append(Bound(metric, limits.get("min"), limits.get("max")))
+        if not bounds:
+            raise UsageError(f"{where}: no metric bounds; add e.g. acceptance_length: {{min: 2.0}}")
+        out.append(Threshold(index, tuple(match), tuple(bounds)))
+    return out
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate result, kept for the summary table and JUnit."""
+
+    kind: str  # "threshold" | "rule"
+    metric: str  # concrete metric path
+    rule: str  # "acceptance_length:-3%" or "min 2.5 thresholds[0] (...)"
+    outcome: str  # "pass" | "fail" | "noise" (beyond tolerance, inside CI) | "skip"
+    message: str
+    current: float | None = None
+    baseline: float | None = None  # rules: baseline value; thresholds: the limit
+    change_pct: float | None = None
+    interval: Interval | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == "fail"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # "pass" | "fail" | "skip"
+    reasons: list[str]
+    checks: list[Check] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `gate` entry of extra_info."""
+        return {"verdict": self.verdict, "reasons": list(self.reasons)}
+
+
+def _threshold_checks(threshold: Threshold, params: Mapping[str, Any], extra_info: Mapping[str, Any]) -> list[Check]:
+    if not threshold.matches(params):
+        return []
+    paths: list[tuple[Bound, str]] = []
+    cats = threshold.categories
+    for bound in threshold.bounds:
+        if cats is None:
+            paths.append((bound, bound.metric))
+            continue
+        by_cat = extra_info.get(f"{bound.metric}_by_category")
+        present = list(by_cat) if isinstance(by_cat, Mapping) else []
+        wanted = {_norm(c) for c in cats}
+        for cat in present:
+            if "*" in cats or _norm(cat) in wanted:
+                paths.append((bound, f"{bound.metric}_by_category.{cat}"))
+    checks = []
+    for bound, path in paths:
+        value = lookup(extra_info, path)
+        interval = current_interval(extra_info, path)
+        for side, limit in (("min", bound.min), ("max", bound.max)):
+            if limit is None:
+                continue
+            rule = f"{side} {fmt(limit)} of {threshold.describe()}"
+            if value is None:
+                checks.append(Check("threshold", path, rule, "skip",
+                                    f"{path}: not measured in this run; {rule} not checked"))
+                continue
+            broken = value < limit if side == "min" else value > limit
+            word = ("below minimum" if side == "min" else "above maximum") if broken else (
+                "meets minimum" if side == "min" else "within maximum")
+            ci = f" ({interval})" if interval else ""
+            msg = f"{path}: {fmt(value)}{ci} {word} {fmt(limit)} of {threshold.describe()}"
+            checks.append(Check("threshold", path, rule, "fail" if broken else "pass", msg,
+                                current=value, baseline=limit, interval=interval))
+    return checks
+
+
+def _rule_check(rule: Rule, path: str, extra_info: Mapping[str, Any], baseline: Mapping[str, Any],
+                strict: bool) -> Check:
+    cur, base = lookup(extra_info, path), lookup(baseline, path)
+    if cur is None or base is None:
+        missing = "this run" if cur is None else "the baseline"
+        return Check("rule", path, rule.text, "skip",
+                     f"{path}: not measured in {missing}; rule {rule.text} not checked", cur, base)
+    pct = _pct(base, cur)
+    change = f"{pct:+.1f}%" if pct is not None else "n/a %"
+    if not rule.relative:
+        change = f"{cur - base:+.3g}" + (f", {pct:+.1f}%" if pct is not None else "")
+    head = f"{path}: {fmt(base)} -> {fmt(cur)} ({change})"
+    interval = current_interval(extra_info, path)
+    exceeded = rule.exceeded(base, cur)
+    if exceeded is None:
+        return Check("rule", path, rule.text, "skip",
+                     f"{head}: baseline is 0, relative rule {rule.text} undefined", cur, base, pct, interval)
+    if not exceeded:
+        return Check("rule", path, rule.text, "pass", f"{head} within rule {rule.text}", cur, base, pct, interval)
+    if strict:
+        note = "; strict: confidence interval not consulted" + (f" ({interval})" if interval else "")
+        return Check("rule", path, rule.text, "fail", f"{head} breaks rule {rule.text}{note}",
+                     cur, base, pct, interval)
+    if interval is None:
+        return Check("rule", path, rule.text, "fail",
+                     f"{head} breaks rule {rule.text}; no confidence interval for {path} in this run, "
+                     f"tolerance alone decides", cur, base, pct, interval)
+    if base in interval:
+        return Check("rule", path, rule.text, "noise",
+                     f"{head} exceeds rule {rule.text} but baseline {fmt(base)} lies inside current "
+                     f"{interval}: within noise", cur, base, pct, interval)
+    return Check("rule", path, rule.text, "fail",
+                 f"{head} breaks rule {rule.text}; baseline {fmt(base)} outside current {interval}",
+                 cur, base, pct, interval)
+
+
+def evaluate(
+    params: Mapping[str, Any],
+    extra_info: Mapping[str, Any],
+    *,
+    thresholds: Iterable[Threshold] = (),
+    rules: Iterable[Rule] = (),
+    baseline_extra_info: Mapping[str, Any] | None = None,
+    strict: bool = False,
+) -> Verdict:
+    """Check one case. fail: some check failed; pass: some check ran and none failed; skip: none ran.
+
+    Reasons list the failures first, then notes worth reading on a pass (changes inside noise,
+    missing baseline, metrics not measured).
+    """
+    checks: list[Check] = []
+    for threshold in thresholds:
+        checks += _threshold_checks(threshold, params, extra_info)
+    rules = list(rules)
+    if rules:
+        if baseline_extra_info is None:
+            checks.append(Check("rule", "*", ",".join(r.text for r in rules), "skip",
+                                "no baseline result for this case; regression rules not applied"))
+        else:
+            for rule in rules:
+                for path in rule.expand(baseline_extra_info, extra_info):
+                    checks.append(_rule_check(rule, path, extra_info, baseline_extra_info, strict))
+    failed = [c.message for c in checks if c.outcome == "fail"]
+    notes = [c.message for c in checks if c.outcome in ("noise", "skip")]
+    if failed:
+        verdict = "fail"
+    elif any(c.outcome in ("pass", "noise") for c in checks):
+        verdict = "pass"
+    else:
+        verdict = "skip"
+    return Verdict(verdict, failed + notes, checks)
+
+
+# --------------------------------------------------------------------------- baseline lookup, JUnit
+
+
+def same_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(_norm(a.get(k)) == _norm(b.get(k)) for k in PARAM_KEYS)
+
+
+def find_baseline_entry(baseline_doc: Mapping[str, Any] | None, params: Mapping[str, Any],
+                        name: str | None = None) -> Mapping[str, Any] | None:
+    """The benchmark entry of `baseline_doc` with the same params (or, failing that, the same name)."""
+    if not baseline_doc:
+        return None
+    benches = [b for b in baseline_doc.get("benchmarks", []) if isinstance(b, Mapping)]
+    for bench in benches:
+        if isinstance(bench.get("params"), Mapping) and same_params(bench["params"], params):
+            return bench
+    if name:
+        for bench in benches:
+            if name in (bench.get("name"), bench.get("param"), bench.get("fullname")):
+                return bench
+    return None
+
+
+def find_baseline(baseline_doc: Mapping[str, Any] | None, params: Mapping[str, Any],
+                  name: str | None = None) -> dict[str, Any] | None:
+    """The baseline `extra_info` for the case with these params; None when the baseline lacks it."""
+    bench = find_baseline_entry(baseline_doc, params, name)
+    return dict(bench.get("extra_info") or {}) if bench is not None else None
+
+
+#: metric paths recorded as JUnit properties (when present)
+JUNIT_METRICS: tuple[str, ...] = (
+    "acceptance_length", "acceptance_length_pooled", "speedup_user_tps", "speedup_output_tps",
+    "speedup_analytical", "output_tps", "user_tps.mean", "ttft_s.p50", "ttft_s.p99",
+    "tpot_s.mean", "tpot_s.p99", "num_requests", "num_output_tokens",
+)
+
+
+def junit_properties(extra_info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Key metrics as (name, value) pairs for `record_property`, names prefixed `speedbench.`."""
+    props: list[tuple[str, str]] = []
+    for path in JUNIT_METRICS:
+        value = lookup(extra_info, path)
+        if value is None:
+            continue
+        props.append((f"speedbench.{path}", f"{value:.6g}"))
+        interval = _pair(extra_info.get(f"{path}_ci95")) if "." not in path else None
+        if interval:
+            props.append((f"speedbench.{path}_ci95", f"{interval.lo:.6g},{interval.hi:.6g}"))
+    if isinstance(extra_info.get("al_source"), str):
+        props.append(("speedbench.al_source", extra_info["al_source"]))
+    gate = extra_info.get("gate")
+    if isinstance(gate, Mapping) and gate.get("verdict"):
+        props.append(("speedbench.gate", str(gate["verdict"])))
+    return props
