@@ -1,0 +1,164 @@
+"""pytest hooks and fixtures of pytest-speedbench; the logic lives in session.py and below."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import newhooks
+from .config import OPTIONS, build_settings
+from .engines.base import Engine
+from .errors import UsageError
+from .matrix import Case
+from .session import CaseResult, SpeedbenchSession
+
+SESSION_KEY = pytest.StashKey[SpeedbenchSession]()
+CASE_FIXTURE = "speedbench_case"
+ENGINE_FIXTURE = "speedbench_engine"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(newhooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("speedbench", "speculative decoding benchmarks (pytest-speedbench)")
+    for spec in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": "speedbench_" + spec.name, "default": None, "help": spec.help}
+        if spec.kind == "bool":
+            kwargs.update(nargs="?", const="true", metavar="on|off")
+        group.addoption(spec.flag, **kwargs)
+        parser.addini(spec.ini_name, spec.help)
+    group.addoption("--no-chat-template", dest="speedbench_chat_template", action="store_const", const="false",
+                    help="send the raw prompt text, without the tokenizer's chat template")
+
+
+def _yaml_path(config: pytest.Config, explicit: str | None) -> Path | None:
+    """--speedbench-config, else speedbench.yaml beside the first path argument or in rootdir."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise UsageError(f"--speedbench-config: {explicit} does not exist")
+        return path
+    candidates = []
+    for arg in config.args:
+        p = Path(str(arg).split("::")[0])
+        candidates.append(p if p.is_dir() else p.parent)
+    candidates.append(Path(config.rootpath))
+    for folder in candidates:
+        if (folder / "speedbench.yaml").is_file():
+            return folder / "speedbench.yaml"
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cli = {spec.name: config.getoption("speedbench_" + spec.name) for spec in OPTIONS}
+    ini = {spec.name: config.getini(spec.ini_name) or None for spec in OPTIONS}
+    try:
+        settings = build_settings(cli, ini, _yaml_path(config, cli.get("config") or ini.get("config")))
+        session = SpeedbenchSession(settings, Path(config.rootpath))
+        if "engine" in settings.explicit:
+            for engine in settings.engine:
+                session.availability(engine)
+    except UsageError as exc:
+        raise pytest.UsageError(f"pytest-speedbench: {exc}") from None
+    session.config = config
+    config.stash[SESSION_KEY] = session
+
+
+def _session(config: pytest.Config) -> SpeedbenchSession:
+    return config.stash[SESSION_KEY]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None:
+        return []
+    return [f"speedbench: {len(session.matrix.cases)} case(s) in the matrix"]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Say which combinations were left out and why, even under -q."""
+    speedbench = session.config.stash.get(SESSION_KEY, None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if speedbench is None or reporter is None or not _uses_speedbench(session.items):
+        return
+    for reason in speedbench.matrix.dropped:
+        reporter.write_line(f"speedbench: not generated: {reason}")
+
+
+def _uses_speedbench(items: list[pytest.Item]) -> bool:
+    return any(CASE_FIXTURE in getattr(item, "fixturenames", ()) for item in items)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if CASE_FIXTURE not in metafunc.fixturenames:
+        return
+    session = _session(metafunc.config)
+    params = []
+    for case in session.matrix.cases:
+        reason = session.skip_reason(case)
+        marks = [pytest.mark.skip(reason=reason)] if reason else []
+        params.append(pytest.param(case, session.engine_key(case), id=case.id, marks=marks))
+    metafunc.parametrize([CASE_FIXTURE, ENGINE_FIXTURE], params, indirect=[ENGINE_FIXTURE], scope="session")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each engine instance's cases together, none-drafter instances first."""
+    session = _session(config)
+    order = {case: i for i, case in enumerate(session.matrix.cases)}
+
+    def key(item: pytest.Item) -> int:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get(CASE_FIXTURE) if callspec else None
+        return order.get(case, -1)
+
+    items.sort(key=key)
+
+
+@pytest.fixture(scope="session")
+def speedbench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The running engine instance for one (engine, drafter) configuration; started once."""
+    engine = _session(request.config).start_engine(request.param)
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def speedbench_run(request: pytest.FixtureRequest, speedbench_case: Case, speedbench_engine: Engine) -> CaseResult:
+    """Measure this case against the engine and return its result; call `.check()` to gate."""
+    session = _session(request.config)
+    result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name)
+    request.node.user_properties.extend(result.junit_properties())
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """A case that errored before measuring (engine start, dataset) is still recorded."""
+    report = yield
+    callspec = getattr(item, "callspec", None)
+    case = callspec.params.get(CASE_FIXTURE) if callspec else None
+    if case is not None and report.failed and report.when in ("setup", "call"):
+        session = item.config.stash.get(SESSION_KEY, None)
+        if session is not None and not session.has_entry(item.nodeid):
+            session.record_error(case, item.nodeid, item.name, str(report.longrepr).strip().splitlines()[-1])
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is None or not session.book.entries:
+        return
+    tr = terminalreporter
+    tr.write_sep("-", "speedbench summary")
+    for line in session.summary_lines():
+        tr.write_line(line)
+    for path in session.book.paths:
+        tr.write_line(f"speedbench results saved to {path}")

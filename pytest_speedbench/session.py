@@ -1,0 +1,325 @@
+"""Session-level state of a speedbench run: matrix, engine configs, measured runs, results.
+
+The plugin module only wires pytest hooks to this object; everything that decides or measures
+lives here or below.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import metrics
+from .client import LoadSpec, run_load
+from .config import Settings
+from .engines import DRAFTERS, engine_class, get_entry
+from .engines.base import Engine, EngineConfig
+from .errors import EngineNotInstalled, UsageError
+from .matrix import Case, Matrix, expand
+from .records import RunRecords
+from .workload import WorkloadCache
+
+
+@dataclass
+class CaseResult:
+    """What one test learned: its results entry and the reasons it must fail, if any."""
+
+    case: Case
+    entry: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def extra_info(self) -> dict[str, Any]:
+        return self.entry["extra_info"]
+
+    def junit_properties(self) -> list[tuple[str, str]]:
+        from .gates import junit_properties
+
+        props = junit_properties(self.extra_info)
+        props.append(("speedbench.verdict", self.extra_info.get("gate", {}).get("verdict", "-")))
+        return props
+
+    def check(self) -> None:
+        """Fail the calling test with every reason (gate breaks, failed requests)."""
+        if self.failures:
+            import pytest
+
+            pytest.fail(f"{self.case.id}: " + "\n".join(self.failures), pytrace=False)
+
+
+def build_matrix(settings: Settings) -> Matrix:
+    engines = settings.engine
+    drafters = list(settings.drafter)
+    urls = settings.server_urls()
+    per_drafter = {k: v for k, v in urls.items() if k != "*"}
+    if per_drafter and "drafter" not in settings.explicit:
+        drafters = list(per_drafter)
+    return expand(
+        engines,
+        drafters,
+        settings.split,
+        settings.bucket,
+        settings.batch_size,
+        settings.temperature,
+        {e: settings.batch_sizes_for(e) for e in engines},
+    )
+
+
+def check_server_urls(settings: Settings, matrix: Matrix) -> None:
+    urls = settings.server_urls()
+    if not urls:
+        return
+    drafters = sorted({c.drafter for c in matrix.cases}, key=DRAFTERS.index)
+    if "*" in urls and len(urls) == 1 and len(drafters) > 1:
+        raise UsageError(
+            f"--server-url {urls['*']} attaches to one running server, which runs one drafter, but the "
+            f"matrix has drafters {', '.join(drafters)}; pass --drafter=<one of them> or map each drafter "
+            "to its server: --server-url=none=URL1,eagle3=URL2"
+        )
+    missing = [d for d in drafters if d not in urls and "*" not in urls]
+    if missing:
+        raise UsageError(
+            f"--server-url has no server for drafter(s) {', '.join(missing)}; "
+            f"given: {', '.join(k for k in urls)}"
+        )
+
+
+class SpeedbenchSession:
+    def __init__(self, settings: Settings, rootdir: Path) -> None:
+        self.settings = settings
+        self.rootdir = rootdir
+        self.matrix = build_matrix(settings)
+        check_server_urls(settings, self.matrix)
+        self.workdir = rootdir / settings.storage / "logs" / time.strftime("%Y%m%d-%H%M%S")
+        self.workload = WorkloadCache(settings, rootdir / settings.storage / "cache")
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.runs: dict[Case, tuple[RunRecords, dict[str, Any]]] = {}
+        self.engine_info: dict[str, dict[str, Any]] = {}
+        self._availability: dict[str, str | None] = {}
+        self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
+        self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.engine_info})
+        self._init_gates()
+
+    def _init_gates(self) -> None:
+        from .gates import parse_thresholds, rules_from_settings
+
+        s = self.settings
+        self.rules = rules_from_settings(s.fail, s.sections)
+        self.thresholds = parse_thresholds(s.sections)
+        self.baseline: dict[str, Any] | None = None
+        if s.compare:
+            self.baseline = self.book.storage.load(s.compare)
+
+    def resolved_config(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        data = asdict(self.settings)
+        data["explicit"] = sorted(self.settings.explicit)
+        data["matrix_dropped"] = list(self.matrix.dropped)
+        return data
+
+    # -- engine instances ----------------------------------------------------------------
+    @staticmethod
+    def engine_key(case: Case) -> str:
+        return f"{case.engine}-{case.drafter}"
+
+    def engine_config(self, key: str) -> EngineConfig:
+        engine, _, drafter = key.partition("-")
+        s = self.settings
+        urls = s.server_urls()
+        per_engine = s.per_engine.get(engine, {})
+        extra_args = per_engine.get("engine_args") or []
+        if isinstance(extra_args, str):
+            extra_args = shlex.split(extra_args)
+        args = tuple(str(a) for a in extra_args) + tuple(shlex.split(s.engine_args or ""))
+        sizes = [c.batch_size for c in self.matrix.cases if c.engine == engine and c.drafter == drafter]
+        return EngineConfig(
+            engine=engine,
+            drafter=drafter,
+            model=per_engine.get("model", s.model),
+            draft_model=per_engine.get("draft_model", s.draft_model),
+            draft_length=int(per_engine.get("draft_length", s.draft_length)),
+            max_batch_size=max(sizes, default=1),
+            server_url=urls.get(drafter, urls.get("*")),
+            engine_args=args,
+            device=s.device,
+            ready_timeout_s=s.ready_timeout,
+            request_timeout_s=s.request_timeout,
+        )
+
+    def availability(self, engine: str) -> str | None:
+        """None when the engine can run, else the reason it cannot (explicit ones raise)."""
+        if engine not in self._availability:
+            reason = None
+            if not self.settings.server_urls():
+                check = getattr(engine_class(engine), "check_installed", None)
+                try:
+                    if check is not None:
+                        check()
+                except EngineNotInstalled as exc:
+                    if "engine" in self.settings.explicit:
+                        raise
+                    reason = str(exc)
+            self._availability[engine] = reason
+        return self._availability[engine]
+
+    def skip_reason(self, case: Case) -> str | None:
+        reason = self.availability(case.engine)
+        if reason:
+            return f"{case.engine} is not available: {reason}"
+        limit = get_entry(case.engine).max_concurrency
+        if limit is not None and case.batch_size > limit and not self.settings.server_urls():
+            return (
+                f"{case.engine} serves {limit} request at a time; batch size {case.batch_size} would "
+                "report misleading throughput"
+            )
+        return None
+
+    def start_engine(self, key: str) -> Engine:
+        from .engines import create_engine
+
+        config = self.engine_config(key)
+        engine = create_engine(config, self.workdir / key)
+        (self.workdir / key).mkdir(parents=True, exist_ok=True)
+        engine.start()
+        self.engine_info[key] = engine.info()
+        return engine
+
+    # -- measuring -------------------------------------------------------------------------
+    def load_spec(self, case: Case) -> LoadSpec:
+        s = self.settings
+        return LoadSpec(case.batch_size, s.output_len, case.temperature, s.warmup, s.request_timeout, s.seed)
+
+    def measure(self, case: Case, engine: Engine) -> tuple[RunRecords, dict[str, Any]]:
+        items = self.workload.items(case.dataset_config)
+        run = run_load(engine, items, self.load_spec(case), self.workload.encoder)
+        draft_length = self.engine_config(self.engine_key(case)).draft_length if case.is_speculative else None
+        extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
+        extra.update(self.speedups_for(case, run, extra))
+        extra["client"] = run.client_info
+        extra["engine_key"] = self.engine_key(case)
+        self.runs[case] = (run, extra)
+        return run, extra
+
+    def speedups_for(self, case: Case, run: RunRecords, extra: dict[str, Any]) -> dict[str, Any]:
+        twin = case.twin() if case.is_speculative else None
+        if twin is None or twin not in self.runs:
+            out = metrics.empty_speedups()
+            if twin is not None:
+                out["speedup_note"] = f"no drafter=none twin measured ({twin.id})"
+            return out
+        twin_run, twin_extra = self.runs[twin]
+        out = metrics.compute_speedups(run, twin_run, extra, twin_extra, seed=self.settings.seed)
+        out["speedup_baseline"] = twin.id
+        return out
+
+    def run_case(self, case: Case, engine: Engine, nodeid: str, name: str) -> CaseResult:
+        """Measure, compute, gate and save one case; failures are recorded before raising."""
+        try:
+            run, extra = self.measure(case, engine)
+        except BaseException as exc:
+            self.record_error(case, nodeid, name, f"{type(exc).__name__}: {exc}")
+            raise
+        from .gates import evaluate, find_baseline
+
+        verdict = evaluate(
+            case.params(), extra, thresholds=self.thresholds, rules=self.rules,
+            baseline_extra_info=find_baseline(self.baseline, case.params(), name), strict=self.settings.strict,
+        )
+        failures = self.request_failures(run) + [c.message for c in verdict.checks if c.failed]
+        gate = verdict.as_dict()
+        if failures and gate["verdict"] != "fail":
+            gate = {"verdict": "fail", "reasons": failures + gate["reasons"]}
+        extra["gate"] = gate
+        e2e = [metrics.request_e2e(r) for r in run.measured if r.ok]
+        entry = self._entry(case, nodeid, name, [v for v in e2e if v is not None], extra)
+        if self.config is not None:
+            self.config.hook.pytest_speedbench_case_finished(config=self.config, case=case, entry=entry)
+        self._store(entry)
+        return CaseResult(case, entry, failures)
+
+    def _entry(self, case: Case, nodeid: str, name: str, e2e: list[float], extra: dict[str, Any]) -> dict[str, Any]:
+        from .results import benchmark_entry
+
+        group = f"{case.engine}-{case.dataset_config}-bs{case.batch_size}-t{case.temperature:g}"
+        options = {"output_len": self.settings.output_len, "warmup": self.settings.warmup,
+                   "num_prompts": self.settings.num_prompts, "dataset": self.settings.dataset}
+        return benchmark_entry(name, nodeid, group, case.params(), e2e, extra, options, param=case.id)
+
+    def has_entry(self, nodeid: str) -> bool:
+        return nodeid in self.book.entries
+
+    def record_error(self, case: Case, nodeid: str, name: str, reason: str) -> None:
+        """Record a case that could not be measured, with its verdict and reason."""
+        extra = {"gate": {"verdict": "fail", "reasons": [reason]}, "error": reason}
+        self._store(self._entry(case, nodeid, name, [], extra))
+
+    def _store(self, entry: dict[str, Any]) -> None:
+        self.book.add(entry)
+        document = self.book.document()
+        if self.config is not None:
+            self.config.hook.pytest_speedbench_results(config=self.config, document=document)
+        self.book.save(document)
+
+    def summary_lines(self) -> list[str]:
+        from .table import render
+
+        return render(list(self.book.entries.values()))
+
+    @staticmethod
+    def request_failures(run: RunRecords) -> list[str]:
+        failed = [r for r in run.measured if r.error]
+        if not failed:
+            return []
+        first = failed[0]
+        return [
+            f"{len(failed)} of {len(run.measured)} requests failed; first: "
+            f"{first.prompt_id} turn {first.turn}: {first.error}"
+        ]
+
+
+class ResultsBook:
+    """Every case's entry, saved atomically after each case so nothing measured is lost."""
+
+    def __init__(self, settings: Settings, rootdir: Path, section: dict[str, Any]) -> None:
+        from .results import Storage
+
+        self.settings = settings
+        self.section = section
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.paths: list[Path] = []
+        self._json_path = Path(settings.json) if settings.json else None
+        storage_root = Path(settings.storage)
+        if not storage_root.is_absolute():
+            storage_root = rootdir / storage_root
+        self.storage = Storage(storage_root)
+        self._autosave_path: Path | None = None
+        self._machine: dict[str, Any] | None = None
+        self._commit: dict[str, Any] | None = None
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.entries[entry["fullname"]] = entry
+
+    def document(self) -> dict[str, Any]:
+        from .results import commit_info, machine_info, results_document
+
+        if self._machine is None:
+            self._machine, self._commit = machine_info(), commit_info()
+        return results_document(list(self.entries.values()), self.section, machine=self._machine, commit=self._commit)
+
+    def save(self, document: dict[str, Any]) -> list[Path]:
+        from .results import write_atomic
+
+        written = []
+        if self._json_path is not None:
+            written.append(write_atomic(self._json_path, document))
+        if self.settings.autosave:
+            if self._autosave_path is None:
+                commit = (document.get("commit_info") or {}).get("id")
+                self._autosave_path = self.storage.reserve(commit)
+            written.append(write_atomic(self._autosave_path, document))
+        self.paths = written
+        return written

@@ -1,0 +1,51 @@
+"""Prompts for a case: load the dataset config, pre-tokenize with the target tokenizer.
+
+Loading and tokenizing are cached per session (one tokenizer, one encode per config), so the
+time spent here never lands inside a measured window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .client import WorkItem
+from .config import Settings
+
+
+@dataclass
+class WorkloadCache:
+    """Per-session cache of tokenizer and encoded prompts, keyed by dataset config."""
+
+    settings: Settings
+    cache_dir: Path | None = None
+    _encoder: Any = None
+    _items: dict[str, list[WorkItem]] = field(default_factory=dict)
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            from .data.tokenize import PromptEncoder
+            from .models import load_tokenizer
+
+            tokenizer = load_tokenizer(self.settings.tokenizer or self.settings.model)
+            self._encoder = PromptEncoder(
+                tokenizer, chat_template=self.settings.chat_template, cache_dir=self.cache_dir
+            )
+        return self._encoder
+
+    def items(self, dataset_config: str) -> list[WorkItem]:
+        if dataset_config not in self._items:
+            from .data import load_prompts
+
+            s = self.settings
+            prompts = load_prompts(
+                s.dataset, dataset_config, categories=s.category, num_prompts=s.num_prompts, seed=s.seed
+            )
+            first_ids = self.encoder.encode_first_turns(prompts)
+            self._items[dataset_config] = [
+                WorkItem(p.question_id, p.category, tuple(p.turns), tuple(ids))
+                for p, ids in zip(prompts, first_ids)
+            ]
+        return self._items[dataset_config]

@@ -1,0 +1,108 @@
+"""Shared fixtures: a tiny real tokenizer, a small prompt file, and fake engine servers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (byte-level BPE) tokenizer with a chat template and a BOS, built in a second."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "</s>", "<|end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = ["the quick brown fox jumps over the lazy dog", "speculative decoding drafts tokens"] * 20
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.chat_template = CHAT_TEMPLATE
+    out = tmp_path_factory.mktemp("tiny-tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six prompts in the SPEED-Bench schema over two categories, one of them two-turn."""
+    rows = []
+    for i in range(6):
+        category = "coding" if i % 2 else "writing"
+        turns = [f"prompt {i}: write about foxes and dogs number {i}"]
+        if i == 1:
+            turns.append("now make it shorter")
+        rows.append({"question_id": f"t-{i}", "category": category, "sub_category": "x", "turns": turns,
+                     "source": "tests", "src_id": f"t-{i}", "difficulty": "easy", "multiturn": len(turns) > 1})
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class FakeServer:
+    url: str
+    ground_truth: Path
+    process: subprocess.Popen[bytes]
+
+    def truth(self) -> list[dict]:
+        if not self.ground_truth.exists():
+            return []
+        return [json.loads(line) for line in self.ground_truth.read_text().splitlines()]
+
+
+@pytest.fixture
+def fake_sglang(tmp_path: Path) -> Iterator[Callable[..., FakeServer]]:
+    """Start fake SGLang servers (`fake_sglang('--coalesce', '2')`); all are killed afterwards."""
+    servers: list[FakeServer] = []
+
+    def start(*args: str) -> FakeServer:
+        port = free_port()
+        truth = tmp_path / f"truth-{port}.jsonl"
+        proc = subprocess.Popen(
+            [sys.executable, str(FAKES / "fake_sglang.py"), "--port", str(port), "--ground-truth", str(truth), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        server = FakeServer(f"http://127.0.0.1:{port}", truth, proc)
+        servers.append(server)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(server.url + "/health", timeout=0.5).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("fake SGLang server did not start")
+
+    yield start
+    for server in servers:
+        server.process.kill()
+        server.process.wait(5)
