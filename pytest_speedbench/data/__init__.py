@@ -1,0 +1,1 @@
+"""Prompt data: SPEED-Bench loaders, the bundled mini set, bucketing, pre-tokenization and selection."""
