@@ -324,3 +324,41 @@ class ServerProcess:
     def __repr__(self) -> str:
         state = "running" if self.alive else f"exited {self.returncode}" if self._proc else "new"
         return f"<ServerProcess {self.name} pid={self.pid} {state}>"
+
+
+# -- helpers shared by the engines that launch a server --------------------------------------
+
+
+def override_command(env_var: str, configured: object = None) -> list[str] | None:
+    """The launcher an engine was pointed at instead of the real one (fakes, wrappers).
+
+    `configured` (EngineConfig.extra["command"]) wins over the environment variable; both are
+    shell-split, so "python tests/fakes/fake_vllm.py" works.
+    """
+    raw = configured if configured else os.environ.get(env_var)
+    if not raw:
+        return None
+    if isinstance(raw, (list, tuple)):
+        return [str(x) for x in raw]
+    return shlex.split(str(raw))
+
+
+def launch_and_wait(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    name: str,
+    probe: Callable[[], bool],
+    timeout_s: float,
+    env: Mapping[str, str] | None = None,
+    interval_s: float = 0.25,
+) -> tuple[ServerProcess, float]:
+    """Start a server and wait until `probe` says ready; on any failure the server is stopped."""
+    server = ServerProcess(argv, log_path=log_path, env=env, name=name)
+    server.start()
+    try:
+        waited = server.wait_ready(probe, timeout_s=timeout_s, interval_s=interval_s)
+    except BaseException:
+        server.stop(grace_s=5.0)
+        raise
+    return server, waited

@@ -1,0 +1,317 @@
+"""vLLM: `vllm serve` launch, /v1/completions with token ids, Prometheus SD counters.
+
+Launch (one server per EngineConfig):
+
+    vllm serve MODEL --host 127.0.0.1 --port PORT --no-enable-prefix-caching
+        --max-num-seqs MAX_BATCH [--speculative-config JSON] [engine_args...]
+
+Prefix caching is off so repeated prompts (warmup, batch-size sweeps) are prefilled every
+time. `--speculative-config` maps the neutral drafter names (DESIGN.md):
+
+    ngram  {"method": "ngram", "num_speculative_tokens": K, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    draft  {"method": "draft_model", "model": DRAFT, "num_speculative_tokens": K}
+    eagle  {"method": "eagle", "model": DRAFT, "num_speculative_tokens": K}
+    eagle3 {"method": "eagle3", "model": DRAFT, "num_speculative_tokens": K}
+    mtp    {"method": "mtp", "num_speculative_tokens": K}           (DRAFT added when given)
+
+(K = --draft-length; EngineConfig.extra["speculative_config"] entries override these keys.)
+
+Requests: POST /v1/completions with `prompt` as a list of token ids, `stream: true`,
+`stream_options.include_usage`, `ignore_eos`, and `return_token_ids: true`, so every chunk
+carries its new `token_ids`: tokens are counted from ids, never from text (a text chunk
+can hold several tokens or none).
+
+SD counters are run-level: vLLM exports Prometheus counters on /metrics
+(`vllm:spec_decode_num_drafts_total`, `..._num_draft_tokens_total`,
+`..._num_accepted_tokens_total`, `..._num_accepted_tokens_per_pos_total{position="i"}`);
+`run_counters()` snapshots them and the client takes the delta around the measured window.
+Normalized: steps = drafts, accepted = accepted tokens, drafted = draft tokens,
+accepted_per_pos[i] = accepted at position i (0-based label -> list index).
+
+Readiness: the port refuses connections while the model loads; ready once GET /health is 200.
+Point the engine at another launcher with SPEEDBENCH_VLLM_CMD (e.g.
+"python tests/fakes/fake_vllm.py") or EngineConfig.extra["command"].
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from importlib import metadata, util
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
+from ..records import Counters
+from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams
+from .lifecycle import free_port, launch_and_wait, override_command
+
+ENV_COMMAND = "SPEEDBENCH_VLLM_CMD"
+INSTALL_HINT = "install it with `pip install vllm` (needs a CUDA GPU), or attach with --server-url"
+
+#: neutral drafter -> vLLM speculative method
+METHODS = {"ngram": "ngram", "draft": "draft_model", "eagle": "eagle", "eagle3": "eagle3", "mtp": "mtp"}
+NEEDS_DRAFT_MODEL = ("draft", "eagle", "eagle3")
+
+PROM_DRAFTS = "vllm:spec_decode_num_drafts_total"
+PROM_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
+PROM_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
+PROM_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
+
+_PROM_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_PROM_POSITION = re.compile(r'position="(\d+)"')
+
+
+def speculative_config(config: EngineConfig) -> dict[str, Any] | None:
+    """The --speculative-config object for the drafter (None for drafter=none)."""
+    if config.drafter == "none":
+        return None
+    try:
+        method = METHODS[config.drafter]
+    except KeyError:
+        raise UsageError(
+            f"vllm has no drafter {config.drafter!r}; valid drafters: none, {', '.join(METHODS)}"
+        ) from None
+    spec: dict[str, Any] = {"method": method, "num_speculative_tokens": config.draft_length}
+    if config.drafter in NEEDS_DRAFT_MODEL:
+        if not config.draft_model:
+            raise UsageError(f"vllm drafter {config.drafter!r} needs --draft-model (a {method} checkpoint)")
+        spec["model"] = config.draft_model
+    elif config.drafter == "mtp" and config.draft_model:
+        spec["model"] = config.draft_model
+    if config.drafter == "ngram":
+        # vLLM's own default (5..5) rarely matches; a 2..4-token window is the common setting
+        spec.update(prompt_lookup_max=4, prompt_lookup_min=2)
+    spec.update(dict(config.option("speculative_config", {}) or {}))
+    return spec
+
+
+def default_command() -> list[str] | None:
+    exe = shutil.which("vllm")
+    return [exe] if exe else None
+
+
+def build_argv(config: EngineConfig, *, port: int, command: Sequence[str]) -> list[str]:
+    """The full `vllm serve` command line for one engine instance."""
+    if not config.model:
+        raise UsageError("vllm needs --model (a Hugging Face id or a local checkpoint directory)")
+    argv = [
+        *command, "serve", config.model,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--no-enable-prefix-caching",
+        "--max-num-seqs", str(max(1, config.max_batch_size)),
+    ]
+    spec = speculative_config(config)
+    if spec is not None:
+        argv += ["--speculative-config", json.dumps(spec, separators=(",", ":"))]
+    argv += list(config.engine_args)
+    return argv
+
+
+def parse_prometheus(text: str) -> Counters | None:
+    """vLLM's /metrics text -> normalized counters (summed over engines); None without SD metrics."""
+    totals = {PROM_DRAFTS: 0.0, PROM_DRAFT_TOKENS: 0.0, PROM_ACCEPTED: 0.0}
+    seen = False
+    per_pos: dict[int, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:spec_decode"):
+            continue
+        m = _PROM_LINE.match(line)
+        if m is None:
+            continue
+        name, labels, raw = m.group(1), m.group(2) or "", m.group(3)
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        if name in totals:
+            totals[name] += value
+            seen = True
+        elif name == PROM_PER_POS:
+            pos = _PROM_POSITION.search(labels)
+            if pos is not None:
+                per_pos[int(pos.group(1))] = per_pos.get(int(pos.group(1)), 0.0) + value
+    if not seen:
+        return None
+    counters: Counters = {
+        "steps": int(totals[PROM_DRAFTS]),
+        "accepted": int(totals[PROM_ACCEPTED]),
+        "drafted": int(totals[PROM_DRAFT_TOKENS]),
+    }
+    if per_pos:
+        counters["accepted_per_pos"] = [int(per_pos.get(i, 0.0)) for i in range(max(per_pos) + 1)]
+    return counters
+
+
+class VLLMParser:
+    """One /v1/completions stream: new ids from `token_ids`, finish from `finish_reason`."""
+
+    __slots__ = ("usage",)
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+
+    def parse(self, data: bytes) -> ParsedEvent | None:
+        if data == b"[DONE]":
+            return None
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(f"malformed vLLM event JSON ({exc}): {data[:120]!r}") from None
+        if not isinstance(event, dict):
+            raise RequestError(f"unexpected vLLM event (not an object): {data[:120]!r}")
+        if "error" in event or event.get("object") == "error":
+            err = event.get("error", event)
+            message = err.get("message", err) if isinstance(err, dict) else err
+            raise RequestError(f"vLLM reported an error: {message}")
+        if event.get("usage"):
+            self.usage = event["usage"]
+        choices = event.get("choices") or []
+        if not choices:
+            return ParsedEvent([], False, None) if self.usage is not None else None
+        choice = choices[0]
+        ids = choice.get("token_ids")
+        if ids is None:
+            if choice.get("text"):
+                raise RequestError(
+                    "vLLM sent text without token_ids: the server ignores return_token_ids "
+                    "(needs vLLM >= 0.10.2)"
+                )
+            ids = []
+        return ParsedEvent(list(ids), choice.get("finish_reason") is not None, None)
+
+
+class VLLMEngine(HttpEngine):
+    name = "vllm"
+    drafters = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
+
+    def __init__(self, config: EngineConfig, workdir: Path) -> None:
+        super().__init__(config, workdir)
+        self.base_url = (config.server_url or "").rstrip("/")
+        self._server: Any = None
+        self._argv: list[str] = []
+        self._ready_s: float | None = None
+        self._version: str | None = None
+        self._model_name: str | None = config.model
+
+    # -- installation --
+    @classmethod
+    def check_installed(cls) -> None:
+        """Raise EngineNotInstalled (with the install hint) when vLLM cannot be launched."""
+        if override_command(ENV_COMMAND) or default_command() or util.find_spec("vllm") is not None:
+            return
+        raise EngineNotInstalled(f"vllm is not installed: {INSTALL_HINT}")
+
+    def _command(self) -> list[str]:
+        cmd = override_command(ENV_COMMAND, self.config.option("command"))
+        if cmd:
+            return cmd
+        cmd = default_command()
+        if cmd is None:
+            if util.find_spec("vllm") is not None:  # installed without the console script on PATH
+                import sys
+
+                return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+            raise EngineNotInstalled(f"vllm is not installed: {INSTALL_HINT}")
+        return cmd
+
+    # -- lifecycle --
+    def start(self) -> None:
+        import httpx
+
+        if not self.base_url:
+            port = free_port()
+            self._argv = build_argv(self.config, port=port, command=self._command())
+            self.base_url = f"http://127.0.0.1:{port}"
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            with httpx.Client(base_url=self.base_url, timeout=2.0) as client:
+                # connection refused while the model loads; 200 from /health once serving
+                self._server, self._ready_s = launch_and_wait(
+                    self._argv,
+                    log_path=self.workdir / f"vllm-{self.config.key}-{port}.log",
+                    name=f"vllm[{self.config.key}]",
+                    probe=lambda: client.get("/health").status_code == 200,
+                    timeout_s=self.config.ready_timeout_s,
+                    env=self.config.option("env"),
+                )
+        try:
+            self._fetch_server_info()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _fetch_server_info(self) -> None:
+        import httpx
+
+        try:
+            with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
+                r = client.get("/version")
+                if r.status_code == 200:
+                    self._version = r.json().get("version")
+                r = client.get("/v1/models")
+                if r.status_code == 200:
+                    models = r.json().get("data") or []
+                    if models:
+                        self._model_name = models[0].get("id", self._model_name)
+        except httpx.HTTPError as exc:
+            raise EngineError(f"cannot reach vLLM server at {self.base_url}: {exc}") from None
+        if self._version is None:
+            try:
+                self._version = metadata.version("vllm")
+            except metadata.PackageNotFoundError:
+                pass
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace_s=15.0)
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info.update(
+            url=self.base_url,
+            version=self._version,
+            model=self._model_name,
+            launch_command=self._server.command_line if self._server is not None else None,
+            argv=list(self._argv) or None,
+            log=str(self._server.log_path) if self._server is not None else None,
+            ready_s=self._ready_s,
+            engine_args=list(self.config.engine_args),
+            speculative_config=speculative_config(self.config) if not self.config.server_url else None,
+            counters="Prometheus /metrics deltas around the measured window",
+        )
+        return info
+
+    # -- protocol --
+    def build_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> HttpRequest:
+        body: dict[str, Any] = {
+            "model": self._model_name or self.config.model or "default",
+            "prompt": list(prompt_ids),
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "ignore_eos": sampling.ignore_eos,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "return_token_ids": True,
+        }
+        if sampling.seed is not None and sampling.temperature > 0:
+            body["seed"] = sampling.seed
+        return HttpRequest("/v1/completions", orjson.dumps(body))
+
+    def new_parser(self) -> VLLMParser:
+        return VLLMParser()
+
+    async def run_counters(self) -> Counters | None:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                r = await client.get(f"{self.base_url}/metrics")
+        except httpx.HTTPError as exc:
+            raise EngineError(f"cannot read vLLM metrics at {self.base_url}/metrics: {exc}") from None
+        if r.status_code != 200:
+            raise EngineError(f"vLLM /metrics answered HTTP {r.status_code}")
+        return parse_prometheus(r.text)
