@@ -205,12 +205,12 @@ class Rule:
         return [f"{CATEGORY_MAP}.{c}" for c in cur if c in base]
 
 
-def parse_fail_rules(text: str | Sequence[str] | None) -> list[Rule]:
+def parse_fail_rules(text: str | Sequence[str] | None, option: str = "--speedbench-fail") -> list[Rule]:
     """Parse `acceptance_length:-3%,speedup_user_tps:-5%,ttft_s.p99:+10%` (or a yaml list of items).
 
     A percent amount is relative to the baseline; a bare number is an absolute change in the
     metric's unit. Without a sign the metric's regression direction is used (a drop for AL,
-    TPS and speedups; a rise for latencies).
+    TPS and speedups; a rise for latencies). `option` names the source in error messages.
     """
     if text is None:
         return []
@@ -222,14 +222,14 @@ def parse_fail_rules(text: str | Sequence[str] | None) -> list[Rule]:
         metric, sep, spec = item.rpartition(":")
         if not sep or not metric:
             raise UsageError(
-                f"--speedbench-fail: rule {item!r} is not METRIC:CHANGE (e.g. acceptance_length:-3%, "
+                f"{option}: rule {item!r} is not METRIC:CHANGE (e.g. acceptance_length:-3%, "
                 f"ttft_s.p99:+10%, acceptance_length:-0.1); valid metrics: {', '.join(metric_names())}"
             )
-        metric = _check_metric(metric, f"--speedbench-fail rule {item!r}")
+        metric = _check_metric(metric, f"{option} rule {item!r}")
         m = _SPEC_RE.match(spec.strip())
         if not m:
             raise UsageError(
-                f"--speedbench-fail: rule {item!r} has change {spec!r}; expected a signed amount such as "
+                f"{option}: rule {item!r} has change {spec!r}; expected a signed amount such as "
                 f"-3% (relative) or -0.1 (absolute), where the sign names the direction that fails"
             )
         direction = {"-": -1, "+": +1, None: _bad_direction(metric)}[m.group("sign")]

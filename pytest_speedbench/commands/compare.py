@@ -1,0 +1,281 @@
+"""`speedbench compare BASELINE RUN [RUN ...]`: side-by-side metrics per case, changes and verdicts.
+
+The first file is the baseline; every other run is compared with it through `gates.evaluate`,
+the same code the plugin uses, so `--fail`/`--strict`/`--config` behave as in a pytest session
+and the exit code (1 when a rule or threshold is broken) can gate CI on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import gates
+from ..errors import UsageError
+from ..export import Run, case_id, load_runs
+
+DEFAULT_METRICS: tuple[str, ...] = (
+    "acceptance_length",
+    "acceptance_length_pooled",
+    "speedup_user_tps",
+    "speedup_output_tps",
+    "speedup_analytical",
+    "user_tps.mean",
+    "output_tps",
+    "ttft_s.p50",
+    "ttft_s.p99",
+    "tpot_s.mean",
+    "tpot_s.p99",
+)
+FORMATS = ("table", "markdown", "csv")
+
+
+@dataclass
+class CaseComparison:
+    """One case across runs: values per metric (None where absent) and a verdict per candidate."""
+
+    case: str
+    params: Mapping[str, Any]
+    present: list[bool]  # per run, baseline first
+    values: dict[str, list[float | None]] = field(default_factory=dict)
+    verdicts: list[gates.Verdict | None] = field(default_factory=list)  # per candidate run
+
+    @property
+    def failed(self) -> bool:
+        return any(v is not None and v.verdict == "fail" for v in self.verdicts)
+
+    def outcome(self, metric: str, candidate: int) -> str:
+        """Worst outcome of the checks on `metric` for candidate run `candidate` ('' when none)."""
+        verdict = self.verdicts[candidate]
+        if verdict is None:
+            return ""
+        order = {"fail": 3, "noise": 2, "pass": 1, "skip": 0}
+        outcomes = [c.outcome for c in verdict.checks if c.metric == metric]
+        return max(outcomes, key=order.__getitem__) if outcomes else ""
+
+
+def _key(params: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(gates._norm(params.get(k)) for k in gates.PARAM_KEYS)
+
+
+def compare_runs(
+    runs: Sequence[Run],
+    *,
+    rules: Sequence[gates.Rule] = (),
+    thresholds: Sequence[gates.Threshold] = (),
+    strict: bool = False,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+) -> list[CaseComparison]:
+    """Pure comparison of loaded runs: cases in first-seen order across runs."""
+    index: dict[tuple[Any, ...], CaseComparison] = {}
+    entries: dict[tuple[Any, ...], list[Mapping[str, Any] | None]] = {}
+    for i, run in enumerate(runs):
+        for bench in run.doc.get("benchmarks", []):
+            params = bench.get("params") or {}
+            key = _key(params) if params else (case_id(bench),)
+            if key not in index:
+                index[key] = CaseComparison(case_id(bench), params, [False] * len(runs))
+                entries[key] = [None] * len(runs)
+            index[key].present[i] = True
+            entries[key][i] = bench.get("extra_info") or {}
+    for key, comp in index.items():
+        infos = entries[key]
+        wanted = list(metrics)
+        for rule in rules:
+            for info in infos:
+                if info is not None and infos[0] is not None:
+                    wanted += [m for m in rule.expand(infos[0], info) if m not in wanted]
+        for threshold in thresholds:
+            wanted += [b.metric for b in threshold.bounds if threshold.categories is None and b.metric not in wanted]
+        comp.values = {m: [gates.lookup(info, m) if info is not None else None for info in infos] for m in wanted}
+        gated = bool(rules or thresholds)
+        for info in infos[1:]:
+            if info is None or not gated:
+                comp.verdicts.append(None)
+                continue
+            comp.verdicts.append(gates.evaluate(comp.params, info, thresholds=thresholds, rules=rules,
+                                                baseline_extra_info=infos[0], strict=strict))
+        if thresholds and len(runs) == 1 and infos[0] is not None:
+            comp.verdicts.append(gates.evaluate(comp.params, infos[0], thresholds=thresholds))
+        # every checked metric gets a row, e.g. per-category AL from a category threshold
+        for verdict in comp.verdicts:
+            for check in verdict.checks if verdict else ():
+                if check.metric != "*" and check.metric not in comp.values:
+                    comp.values[check.metric] = [
+                        gates.lookup(info, check.metric) if info is not None else None for info in infos
+                    ]
+    return list(index.values())
+
+
+def _change(base: float | None, value: float | None) -> str:
+    if base is None or value is None:
+        return ""
+    if base == 0:
+        return f"{value - base:+.3g}"
+    return f"{(value - base) / abs(base) * 100:+.1f}%"
+
+
+def _case_status(comp: CaseComparison, labels: Sequence[str]) -> str:
+    if not comp.present[0]:
+        return "missing from baseline (not gated)"
+    missing = [labels[i] for i, p in enumerate(comp.present) if not p]
+    verdicts = [v.verdict.upper() for v in comp.verdicts if v is not None]
+    status = ", ".join(verdicts) if verdicts else ""
+    if missing:
+        status = (status + "; " if status else "") + "missing from " + ", ".join(missing)
+    return status
+
+
+def _rows(comp: CaseComparison, labels: Sequence[str], gated: bool) -> tuple[list[str], list[list[str]]]:
+    single = len(labels) == 1 and gated  # thresholds on one run: its own verdict column
+    headers = ["metric", labels[0]] + (["verdict"] if single else [])
+    for label in labels[1:]:
+        headers += [label, "change"] + (["verdict"] if gated else [])
+    body = []
+    for metric, values in comp.values.items():
+        if all(v is None for v in values):
+            continue
+        row = [metric, gates.fmt(values[0]) if values[0] is not None else "-"]
+        if single:
+            row.append(comp.outcome(metric, 0) if comp.verdicts else "")
+        for i, value in enumerate(values[1:]):
+            row += [gates.fmt(value) if value is not None else "-", _change(values[0], value)]
+            if gated:
+                row.append(comp.outcome(metric, i) if i < len(comp.verdicts) else "")
+        body.append(row)
+    return headers, body
+
+
+def _text_table(headers: list[str], body: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(str(r[i])) for r in [headers, *body]) for i in range(len(headers))]
+    fmt_row = lambda r: indent + "  ".join(  # noqa: E731
+        (str(c).ljust(w) if i == 0 else str(c).rjust(w)) for i, (c, w) in enumerate(zip(r, widths))
+    ).rstrip()
+    return [fmt_row(headers), indent + "  ".join("-" * w for w in widths), *(fmt_row(r) for r in body)]
+
+
+def _reasons(comp: CaseComparison, labels: Sequence[str]) -> list[str]:
+    out = []
+    for label, verdict in zip(labels[1:] if len(labels) > 1 else labels, comp.verdicts):
+        if verdict is not None:
+            out += [f"{label}: {reason}" for reason in verdict.reasons]
+    return out
+
+
+def render(comparisons: Sequence[CaseComparison], labels: Sequence[str], fmt: str, *,
+           gated: bool, rules_text: str = "") -> str:
+    """The report in `fmt` (table | markdown | csv)."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["case", "metric", "run", "value", "baseline", "change_pct", "outcome"])
+        for comp in comparisons:
+            for metric, values in comp.values.items():
+                for i, value in enumerate(values):
+                    if value is None and not comp.present[i]:
+                        continue
+                    base = values[0]
+                    pct = "" if i == 0 or value is None or not base else f"{(value - base) / abs(base) * 100:.4g}"
+                    outcome = comp.outcome(metric, i - 1) if i > 0 and i - 1 < len(comp.verdicts) else ""
+                    writer.writerow([comp.case, metric, labels[i], "" if value is None else repr(value),
+                                     "" if base is None else repr(base), pct, outcome])
+        return buf.getvalue()
+    lines: list[str] = []
+    if fmt == "markdown":
+        lines += [f"# speedbench compare: {' vs '.join(labels)}", ""]
+        if rules_text:
+            lines += [f"Rules: `{rules_text}`", ""]
+    for comp in comparisons:
+        headers, body = _rows(comp, labels, gated)
+        status = _case_status(comp, labels)
+        if fmt == "markdown":
+            lines += [f"## {comp.case}" + (f" — {status}" if status else ""), ""]
+            lines.append("| " + " | ".join(headers) + " |")
+            lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(headers))) + "|")
+            lines += ["| " + " | ".join(c if c else " " for c in row) + " |" for row in body]
+            reasons = _reasons(comp, labels)
+            if reasons:
+                lines += [""] + [f"- {r}" for r in reasons]
+            lines.append("")
+        else:
+            lines.append(f"{comp.case}" + (f"  [{status}]" if status else ""))
+            lines += _text_table(headers, body)
+            lines += [f"  ! {r}" for r in _reasons(comp, labels)]
+            lines.append("")
+    lines.append(summary_line(comparisons))
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(comparisons: Sequence[CaseComparison]) -> str:
+    counts = {"fail": 0, "pass": 0, "skip": 0}
+    for comp in comparisons:
+        for v in comp.verdicts:
+            if v is not None:
+                counts[v.verdict] += 1
+    total = sum(counts.values())
+    if total:
+        text = (f"{len(comparisons)} cases, {total} verdicts: {counts['fail']} failed, {counts['pass']} passed, "
+                f"{counts['skip']} not gated")
+    else:
+        text = f"{len(comparisons)} cases compared; no --fail rules or thresholds, nothing gated"
+    no_base = sum(1 for c in comparisons if not c.present[0])
+    gaps = sum(1 for c in comparisons if c.present[0] and not all(c.present))
+    text += f"; {no_base} missing from the baseline" if no_base else ""
+    return text + (f"; {gaps} missing from a compared run" if gaps else "")
+
+
+def _thresholds_from(config: str | None) -> tuple[list[gates.Threshold], list[gates.Rule]]:
+    if not config:
+        return [], []
+    from ..config import SECTION_KEYS, load_yaml
+
+    data = load_yaml(Path(config))
+    sections = {k: data[k] for k in SECTION_KEYS if k in data}
+    return gates.parse_thresholds(sections), gates.rules_from_settings(None, sections)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.format not in FORMATS:  # argparse checks choices; kept for programmatic callers
+        raise UsageError(f"unknown format {args.format!r}; valid formats: {', '.join(FORMATS)}")
+    thresholds, yaml_rules = _thresholds_from(args.config)
+    rules = gates.parse_fail_rules(args.fail, "--fail") if args.fail else yaml_rules
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(DEFAULT_METRICS)
+    for m in metrics:
+        gates._check_metric(m, "--metrics")
+    runs = load_runs(args.results, args.storage)
+    if len(runs) < 2 and not thresholds:
+        raise UsageError("compare needs a baseline and at least one run (or --config with thresholds for one run)")
+    comparisons = compare_runs(runs, rules=rules, thresholds=thresholds, strict=args.strict, metrics=metrics)
+    text = render(comparisons, [r.label for r in runs], args.format, gated=bool(rules or thresholds),
+                  rules_text=",".join(r.text for r in rules))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 1 if any(c.failed for c in comparisons) else 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="compare results files side by side (first = baseline); exit 1 on a broken --fail rule",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("results", nargs="+", metavar="RESULTS",
+                   help="results files: paths, 'latest' or run numbers NNNN in --storage; the first is the baseline")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    p.add_argument("--fail", metavar="RULES",
+                   help="regression rules, e.g. acceptance_length:-3%%,speedup_user_tps:-5%%,ttft_s.p99:+10%%")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on tolerance alone, ignoring the current run's confidence interval")
+    p.add_argument("--config", metavar="YAML", help="speedbench.yaml whose thresholds (and fail rules) apply")
+    p.add_argument("--metrics", metavar="LIST", help=f"metrics to show (default: {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    p.set_defaults(func=run)
