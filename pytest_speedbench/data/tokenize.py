@@ -1,0 +1,143 @@
+"""Pre-tokenization for the target model: engines receive token ids, never text.
+
+External normalization (SPEED-Bench): the harness, not the engine, applies the chat template
+and decides BOS, so every engine sees identical ids. The template is rendered as *text* and
+then encoded with `add_special_tokens=False`: templates that write `{{ bos_token }}` already
+put the BOS in the text, and letting the tokenizer add its own would give a double BOS (what
+happens when a templated string is encoded with default settings). In raw mode
+(`chat_template=False`) the turn text is encoded with the tokenizer's own special tokens, the
+way a base model is prompted.
+
+Encoded first turns are cached on disk, keyed by the prompts' text, a fingerprint of the
+tokenizer (its full serialized definition where available) and the template, so a repeated
+run does no tokenization work at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from .schema import Prompt
+
+CACHE_VERSION = "1"
+
+
+def _sha256(*parts: str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A stable hash of everything that decides the ids: vocab, merges, normalizer, specials."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        definition = backend.to_str()
+    else:  # slow tokenizers: the vocab and specials are what we can see
+        definition = json.dumps(sorted(tokenizer.get_vocab().items()))
+    specials = json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+    return _sha256(type(tokenizer).__name__, definition, specials)
+
+
+class PromptEncoder:
+    """Turns prompts and conversations into the target model's token ids."""
+
+    def __init__(self, tokenizer: Any, *, chat_template: bool = True,
+                 cache_dir: Path | str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise UsageError(
+                f"tokenizer {name!r} has no chat template; pass --chat-template=off to send raw "
+                "prompt text, or use a tokenizer that defines one"
+            )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        template = self.tokenizer.chat_template if self.chat_template else "<raw>"
+        return _sha256(CACHE_VERSION, tokenizer_fingerprint(self.tokenizer), str(template))
+
+    # -- text ----------------------------------------------------------------------------------
+
+    def render(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The exact text the model sees for a conversation, ending with the assistant's cue."""
+        if self.chat_template:
+            return self.tokenizer.apply_chat_template(
+                [dict(m) for m in messages], tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(m["content"] for m in messages)
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        # One batched call: fast tokenizers encode a batch on Rust threads.
+        enc = self.tokenizer(texts, add_special_tokens=not self.chat_template)
+        return [list(ids) for ids in enc["input_ids"]]
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def encode_conversation(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Ids of a conversation so far (e.g. turn 1, its answer, turn 2), ready for generation."""
+        return self._encode_texts([self.render(messages)])[0]
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        return self.encode_conversation([{"role": "user", "content": prompt.turns[0]}])
+
+    def encode_first_turns(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """First-turn ids of every prompt, from the disk cache when this exact work was done."""
+        key = _sha256(self.fingerprint, *(p.turns[0] for p in prompts))
+        cached = self._cache_load(key, len(prompts))
+        if cached is not None:
+            return cached
+        texts = [self.render([{"role": "user", "content": p.turns[0]}]) for p in prompts]
+        ids = self._encode_texts(texts)
+        self._cache_store(key, ids)
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    # -- cache ---------------------------------------------------------------------------------
+
+    def _cache_path(self, key: str) -> Path | None:
+        return self.cache_dir / f"pretok-{key[:40]}.npz" if self.cache_dir is not None else None
+
+    def _cache_load(self, key: str, count: int) -> list[list[int]] | None:
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path) as data:
+                if str(data["key"]) != key:
+                    return None
+                flat, offsets = data["ids"], data["offsets"]
+        except (OSError, ValueError, KeyError):
+            return None  # a damaged cache file is just a miss
+        if len(offsets) != count + 1:
+            return None
+        flat_list = flat.tolist()
+        return [flat_list[offsets[i]:offsets[i + 1]] for i in range(count)]
+
+    def _cache_store(self, key: str, ids: list[list[int]]) -> None:
+        path = self._cache_path(key)
+        if path is None:
+            return
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(x) for x in ids], out=offsets[1:])
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(offsets[-1]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, key=np.array(key), ids=flat.astype(np.int32), offsets=offsets)
+        tmp.replace(path)  # atomic: readers never see a half-written file

@@ -1,0 +1,123 @@
+"""Pre-tokenization: one BOS with templates that write it, raw mode, multi-turn, disk cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_speedbench.data import Prompt
+from pytest_speedbench.data.tokenize import PromptEncoder, tokenizer_fingerprint
+from pytest_speedbench.errors import UsageError
+
+
+def _prompt(i: int, *turns: str) -> Prompt:
+    turns = turns or (f"the quick brown fox {i}",)
+    return Prompt(f"q{i}", "writing", "", tuple(turns), "tests", str(i), "", len(turns) > 1)
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(tiny_tokenizer_dir: Path) -> Any:
+    """The tiny tokenizer, made to add BOS by default like Llama's (template also writes it)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    bos_id = tok.convert_tokens_to_ids("<s>")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)])
+    assert "{{ bos_token }}" in tok.chat_template
+    return tok
+
+
+def test_template_bos_appears_once(bos_tokenizer: Any) -> None:
+    bos = bos_tokenizer.bos_token_id
+    text = PromptEncoder(bos_tokenizer).render([{"role": "user", "content": _prompt(0).turns[0]}])
+    naive = bos_tokenizer(text)["input_ids"]  # default add_special_tokens=True
+    assert naive[:2] == [bos, bos]  # the trap this module avoids
+    ids = PromptEncoder(bos_tokenizer).encode_first_turns([_prompt(0)])[0]
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert PromptEncoder(bos_tokenizer).decode(ids) == text
+
+
+def test_raw_mode_encodes_turn_text_with_tokenizer_specials(bos_tokenizer: Any) -> None:
+    enc = PromptEncoder(bos_tokenizer, chat_template=False)
+    ids = enc.encode_first_turns([_prompt(1)])[0]
+    assert ids[0] == bos_tokenizer.bos_token_id and ids.count(bos_tokenizer.bos_token_id) == 1
+    assert enc.decode(ids[1:]) == "the quick brown fox 1"
+    assert "<|user|>" not in enc.decode(ids)
+
+
+def test_conversation_includes_previous_answer_and_generation_cue(bos_tokenizer: Any) -> None:
+    enc = PromptEncoder(bos_tokenizer)
+    p = _prompt(2, "first question", "second question")
+    first = enc.encode_first_turns([p])[0]
+    conv = enc.encode_conversation([
+        {"role": "user", "content": p.turns[0]}, {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": p.turns[1]},
+    ])
+    text = enc.decode(conv)
+    assert text.index("first question") < text.index("an answer") < text.index("second question")
+    assert text.endswith("<|assistant|>")
+    assert conv.count(bos_tokenizer.bos_token_id) == 1
+    assert enc.decode(first).endswith("<|assistant|>") and "second question" not in enc.decode(first)
+
+
+def test_second_run_does_no_tokenization(bos_tokenizer: Any, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = [_prompt(i) for i in range(5)]
+    first = PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
+    assert len(list(tmp_path.glob("pretok-*.npz"))) == 1
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise AssertionError("tokenizer called on a cache hit")
+
+    cached = PromptEncoder(bos_tokenizer, cache_dir=tmp_path)
+    monkeypatch.setattr(cached, "_encode_texts", boom)
+    monkeypatch.setattr(cached, "render", boom)
+    assert cached.encode_first_turns(prompts) == first
+
+
+def test_cache_key_changes_with_content_template_and_mode(bos_tokenizer: Any, tmp_path: Path) -> None:
+    prompts = [_prompt(i) for i in range(3)]
+    PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
+    PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts[:2] + [_prompt(9)])
+    raw = PromptEncoder(bos_tokenizer, chat_template=False, cache_dir=tmp_path)
+    raw_ids = raw.encode_first_turns(prompts)
+    assert len(list(tmp_path.glob("pretok-*.npz"))) == 3
+    assert raw_ids[0][1:] == bos_tokenizer("the quick brown fox 0", add_special_tokens=False)["input_ids"]
+    original = bos_tokenizer.chat_template
+    try:
+        bos_tokenizer.chat_template = original.replace("<|end|>", "<|end|>\n")
+        PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
+    finally:
+        bos_tokenizer.chat_template = original
+    assert len(list(tmp_path.glob("pretok-*.npz"))) == 4
+
+
+def test_fingerprint_differs_between_tokenizers(bos_tokenizer: Any, tiny_tokenizer_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    plain = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)  # no BOS post-processor
+    assert tokenizer_fingerprint(plain) != tokenizer_fingerprint(bos_tokenizer)
+    assert tokenizer_fingerprint(plain) == tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+
+
+def test_damaged_cache_is_a_miss(bos_tokenizer: Any, tmp_path: Path) -> None:
+    prompts = [_prompt(i) for i in range(2)]
+    good = PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
+    for f in tmp_path.glob("pretok-*.npz"):
+        f.write_bytes(b"not a zip")
+    assert PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts) == good
+
+
+def test_missing_chat_template_is_a_usage_error(bos_tokenizer: Any) -> None:
+    original = bos_tokenizer.chat_template
+    try:
+        bos_tokenizer.chat_template = None
+        with pytest.raises(UsageError, match="chat-template=off"):
+            PromptEncoder(bos_tokenizer)
+        PromptEncoder(bos_tokenizer, chat_template=False)  # raw mode needs none
+    finally:
+        bos_tokenizer.chat_template = original
