@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import os
 import tempfile
 from collections.abc import Iterable
@@ -44,14 +45,14 @@ def tiktoken_cache_dir() -> Path | None:
 
 
 def _bundled_o200k() -> Path:
-    try:
-        import bpe_openai
-    except ImportError:
+    # find_spec, not import: importing bpe_openai loads all of its encodings (seconds).
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.origin:
         raise UsageError(
             "o200k_base is needed offline for throughput buckets: pip install bpe-openai "
             "(or let tiktoken download it once)"
-        ) from None
-    path = Path(bpe_openai.__file__).parent / "data" / "o200k_base.tiktoken.gz"
+        )
+    path = Path(spec.origin).parent / "data" / "o200k_base.tiktoken.gz"
     if not path.is_file():
         raise UsageError(f"bpe-openai is installed but {path} is missing; reinstall bpe-openai")
     return path
