@@ -1,0 +1,34 @@
+"""`speedbench export RESULTS... --csv FILE | --parquet FILE`: one flat pandas table of all runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..export import load_runs, runs_dataframe, write_table
+
+
+def run(args: argparse.Namespace) -> int:
+    if not (args.csv or args.parquet):
+        raise UsageError("say where to write: --csv FILE and/or --parquet FILE")
+    frame = runs_dataframe(load_runs(args.results, args.storage))
+    for fmt, target in (("csv", args.csv), ("parquet", args.parquet)):
+        if target:
+            path = write_table(frame, Path(target), fmt)
+            print(f"{path}: {len(frame)} rows x {len(frame.columns)} columns")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="flat table of all runs (a row per case per run) as CSV or Parquet",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="results files: paths, 'latest' or run numbers NNNN")
+    p.add_argument("--csv", metavar="FILE", help="write CSV here")
+    p.add_argument("--parquet", metavar="FILE", help="write Parquet here (needs pyarrow)")
+    p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
+    p.set_defaults(func=run)

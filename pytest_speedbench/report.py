@@ -1,0 +1,397 @@
+"""Plots and a markdown/HTML page from one or more results files.
+
+Figures are built on `matplotlib.figure.Figure` directly (no pyplot state machine, nothing global),
+one function per plot, each taking the flat table from `export.runs_dataframe` and returning the
+Figure (or None when the runs hold no data for it), so tests can inspect the plotted series.
+
+Series are named from the axes that vary in the data: engine and drafter always, plus the run
+label (several files), split/bucket and temperature when they take more than one value.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .export import Run, runs_dataframe
+
+FIGURES: tuple[str, ...] = ("pareto", "al_by_category", "al_histogram", "conditional_acceptance", "speedup_vs_batch")
+_AR_STYLE = {"linestyle": "--", "marker": "s"}
+_SD_STYLE = {"linestyle": "-", "marker": "o"}
+
+
+def _figure(width: float = 7.5, height: float = 4.8) -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError("plots need matplotlib: pip install 'pytest-speedbench[report]'") from None
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _workload(row: Mapping[str, Any]) -> str:
+    bucket = row.get("bucket")
+    return f"{row.get('split')}-{bucket}" if isinstance(bucket, str) and bucket else str(row.get("split"))
+
+
+def _varies(frame: Any, column: str) -> bool:
+    return column in frame and frame[column].astype(str).nunique() > 1
+
+
+def _labeller(frame: Any):
+    """A function row -> series label using the axes that vary in `frame` (batch size excluded)."""
+    with_run = _varies(frame, "run")
+    with_workload = frame.apply(_workload, axis=1).nunique() > 1 if len(frame) else False
+    with_temp = _varies(frame, "temperature")
+
+    def label(row: Mapping[str, Any]) -> str:
+        parts = [f"{row.get('engine')} {row.get('drafter')}"]
+        if with_workload:
+            parts.append(_workload(row))
+        if with_temp:
+            parts.append(f"t{row.get('temperature'):g}")
+        if with_run:
+            parts.append(f"[{row.get('run')}]")
+        return " ".join(parts)
+
+    return label
+
+
+def _with_series(frame: Any) -> Any:
+    frame = frame.copy()
+    frame["series"] = frame.apply(_labeller(frame), axis=1) if len(frame) else []
+    return frame
+
+
+def _num(frame: Any, column: str) -> Any:
+    import pandas as pd
+
+    return pd.to_numeric(frame[column], errors="coerce") if column in frame else pd.Series(float("nan"), index=frame.index)
+
+
+def plot_pareto(frame: Any) -> Any | None:
+    """Output TPS (system throughput) against user TPS (per-user speed), one point per batch size.
+
+    Each line is one engine/drafter over batch sizes; AR (drafter none) dashed, SD solid, so the
+    SD curve's shift up/right of its AR twin shows where speculation pays off.
+    """
+    data = frame.assign(x=_num(frame, "user_tps.mean"), y=_num(frame, "output_tps")).dropna(subset=["x", "y"])
+    if data.empty:
+        return None
+    data = _with_series(data)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for series, group in data.groupby("series", sort=False):
+        group = group.sort_values("batch_size")
+        style = _AR_STYLE if group["drafter"].iloc[0] == "none" else _SD_STYLE
+        (line,) = ax.plot(group["x"], group["y"], label=series, **style)
+        for _, row in group.iterrows():
+            ax.annotate(f"bs{row['batch_size']}", (row["x"], row["y"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=line.get_color())
+    ax.set_xlabel("user TPS (tokens/s per request, mean)")
+    ax.set_ylabel("output TPS (tokens/s, all requests)")
+    ax.set_title("Throughput vs per-user speed over batch sizes (SD solid, AR dashed)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_al_by_category(frame: Any) -> Any | None:
+    """Acceptance length per category, one bar per SD series, overall AL (with its 95% CI) first.
+
+    One panel per workload (the qualitative split's 11 categories, a throughput bucket's entropy
+    levels), each showing only the categories it has; values are means over batch sizes.
+    """
+    import numpy as np
+
+    data = frame[frame["drafter"] != "none"] if "drafter" in frame else frame
+    cat_cols = [c for c in data.columns if c.startswith("acceptance_length_by_category.")]
+    if not cat_cols or data.empty:
+        return None
+    data = data.assign(workload=data.apply(_workload, axis=1))
+    panels = [(w, g, [c for c in cat_cols if _num(g, c).notna().any()]) for w, g in data.groupby("workload", sort=False)]
+    panels = [p for p in panels if p[2]]
+    if not panels:
+        return None
+    widest = max(len(cols) for _, _, cols in panels) + 1
+    fig = _figure(max(7.5, 0.75 * widest * max(1, data["drafter"].nunique()) ** 0.5), 3.6 * len(panels))
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (workload, group, cols) in zip(axes, panels):
+        group = _with_series(group)
+        labels = ["overall", *(c.split(".", 1)[1] for c in cols)]
+        series = list(dict.fromkeys(group["series"]))
+        x = np.arange(len(labels))
+        width = 0.8 / len(series)
+        for i, name in enumerate(series):
+            rows = group[group["series"] == name]
+            mean = _num(rows, "acceptance_length").mean()
+            lo, hi = _num(rows, "acceptance_length_ci95_lo").mean(), _num(rows, "acceptance_length_ci95_hi").mean()
+            heights = [mean, *(_num(rows, c).mean() for c in cols)]
+            bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+            if np.isfinite(lo) and np.isfinite(hi) and np.isfinite(mean):
+                ax.errorbar(bars[0].get_x() + width / 2, mean, yerr=[[max(0, mean - lo)], [max(0, hi - mean)]],
+                            color="black", capsize=3, linewidth=1)
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_ylabel("acceptance length")
+        ax.set_title(f"{workload}: acceptance length by category (overall with 95% CI)", fontsize=10)
+        ax.legend(fontsize=7, ncols=2)
+        ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def _series_histograms(frame: Any) -> dict[str, dict[int, float]]:
+    """Summed step counts per accepted length for each SD series (counts add up across cases)."""
+    hist_cols = sorted((c for c in frame.columns if c.startswith("al_histogram.")), key=lambda c: int(c.split(".")[1]))
+    data = frame[frame["drafter"] != "none"] if "drafter" in frame else frame
+    if not hist_cols or data.empty:
+        return {}
+    data = _with_series(data)
+    out: dict[str, dict[int, float]] = {}
+    for series, group in data.groupby("series", sort=False):
+        counts = {int(c.split(".")[1]): float(_num(group, c).fillna(0).sum()) for c in hist_cols}
+        if sum(counts.values()) > 0:
+            out[series] = counts
+    return out
+
+
+def plot_al_histogram(frame: Any) -> Any | None:
+    """Share of verification steps that produced k tokens, per SD series."""
+    hists = _series_histograms(frame)
+    if not hists:
+        return None
+    import numpy as np
+
+    ks = sorted({k for h in hists.values() for k in h})
+    x = np.arange(len(ks))
+    width = 0.8 / len(hists)
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, (series, counts) in enumerate(hists.items()):
+        total = sum(counts.values())
+        ax.bar(x + (i - (len(hists) - 1) / 2) * width, [counts.get(k, 0) / total for k in ks], width, label=series)
+    ax.set_xticks(x, [str(k) for k in ks])
+    ax.set_xlabel("tokens produced by a verification step (1 = no draft token accepted)")
+    ax.set_ylabel("share of steps")
+    ax.set_title("Acceptance length histogram")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def conditional_rates(counts: Mapping[int, float]) -> list[float]:
+    """P(L >= i+1 | L >= i) for draft positions i = 1..max(L)-1, from step counts by L."""
+    top = max(counts)
+    rates = []
+    for i in range(1, top):
+        reached = sum(v for k, v in counts.items() if k >= i)
+        rates.append(sum(v for k, v in counts.items() if k >= i + 1) / reached if reached else float("nan"))
+    return rates
+
+
+def plot_conditional_acceptance(frame: Any) -> Any | None:
+    """Conditional acceptance per draft position, per SD series.
+
+    With one case per series the run's own `conditional_acceptance_rate` is drawn (it may come
+    from engine counters); across several cases it is recomputed from the summed histogram.
+    """
+    data = frame[frame["drafter"] != "none"] if "drafter" in frame else frame
+    rate_cols = sorted((c for c in data.columns if c.startswith("conditional_acceptance_rate.")),
+                       key=lambda c: int(c.split(".")[1]))
+    if data.empty or not rate_cols and not any(c.startswith("al_histogram.") for c in data.columns):
+        return None
+    hists = _series_histograms(data)
+    data = _with_series(data)
+    curves: dict[str, list[float]] = {}
+    for series, group in data.groupby("series", sort=False):
+        if len(group) == 1 and rate_cols:
+            rates = [float(_num(group, c).iloc[0]) for c in rate_cols]
+            rates = [r for r in rates if r == r]  # drop NaN positions this case lacks
+        elif series in hists:
+            rates = conditional_rates(hists[series])
+        else:
+            rates = [float(_num(group, c).mean()) for c in rate_cols]
+        if rates:
+            curves[series] = rates
+    if not curves:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for series, rates in curves.items():
+        ax.plot(range(1, len(rates) + 1), rates, marker="o", label=series)
+    ax.set_xlabel("draft position i")
+    ax.set_ylabel("P(token i accepted | tokens < i accepted)")
+    ax.set_ylim(0, 1.05)
+    ax.set_xticks(range(1, max(len(r) for r in curves.values()) + 1))
+    ax.set_title("Conditional acceptance rate per draft position")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def plot_speedup_vs_batch(frame: Any) -> Any | None:
+    """Measured speedups (user TPS, output TPS; 95% CI bars) and analytical speedup against batch size."""
+    data = frame[frame["drafter"] != "none"] if "drafter" in frame else frame
+    metrics = [m for m in ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
+               if m in data and _num(data, m).notna().any()]
+    if data.empty or not metrics:
+        return None
+    data = _with_series(data)
+    fig = _figure(4.2 * len(metrics), 4.4)
+    axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
+    for ax, metric in zip(axes, metrics):
+        for series, group in data.groupby("series", sort=False):
+            group = group.assign(y=_num(group, metric)).dropna(subset=["y"]).sort_values("batch_size")
+            if group.empty:
+                continue
+            lo, hi = _num(group, f"{metric}_ci95_lo"), _num(group, f"{metric}_ci95_hi")
+            has_ci = lo.notna().all() and hi.notna().all()
+            yerr = [(group["y"] - lo).clip(lower=0), (hi - group["y"]).clip(lower=0)] if has_ci else None
+            ax.errorbar(group["batch_size"].astype(float), group["y"], yerr=yerr, marker="o", capsize=3, label=series)
+        ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
+        ax.set_xscale("log", base=2)
+        sizes = sorted({int(b) for b in data["batch_size"].dropna()})
+        ax.set_xticks(sizes, [str(b) for b in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("batch size (concurrent requests)")
+        ax.set_title(metric.replace("_", " "))
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("speedup over autoregressive")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))), fontsize=8)
+    fig.suptitle("Speculative decoding speedup against batch size (95% CI bars)")
+    return fig
+
+
+def make_figures(frame: Any) -> dict[str, Any]:
+    """Every figure the data supports, by name (see FIGURES)."""
+    builders = {
+        "pareto": plot_pareto,
+        "al_by_category": plot_al_by_category,
+        "al_histogram": plot_al_histogram,
+        "conditional_acceptance": plot_conditional_acceptance,
+        "speedup_vs_batch": plot_speedup_vs_batch,
+    }
+    out = {}
+    for name, build in builders.items():
+        fig = build(frame)
+        if fig is not None:
+            out[name] = fig
+    return out
+
+
+# --------------------------------------------------------------------------- page
+
+SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run", "run"), ("case", "case"), ("acceptance_length", "AL"), ("speedup_user_tps", "speedup user"),
+    ("speedup_output_tps", "speedup output"), ("speedup_analytical", "speedup analytical"),
+    ("user_tps.mean", "user TPS"), ("output_tps", "output TPS"), ("ttft_s.p99", "TTFT p99 s"),
+    ("tpot_s.mean", "TPOT s"), ("gate.verdict", "gate"),
+)
+
+
+def _cell(row: Mapping[str, Any], column: str) -> str:
+    from .gates import fmt
+
+    value = row.get(column)
+    if value is None or value != value:  # None or NaN
+        return "-"
+    lo, hi = row.get(f"{column}_ci95_lo"), row.get(f"{column}_ci95_hi")
+    if lo is not None and hi is not None and lo == lo and hi == hi:  # skip None and NaN
+        return f"{fmt(float(value))} [{fmt(float(lo))}, {fmt(float(hi))}]"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return fmt(float(value))
+    return str(value)
+
+
+def summary_rows(frame: Any) -> tuple[list[str], list[list[str]]]:
+    columns = [(c, h) for c, h in SUMMARY_COLUMNS if c in frame and (c != "run" or _varies(frame, "run"))]
+    records = frame.to_dict("records")
+    return [h for _, h in columns], [[_cell(r, c) for c, _ in columns] for r in records]
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    pages: list[Path] = field(default_factory=list)
+
+
+_TITLES = {
+    "pareto": "Output TPS against user TPS (Pareto curve over batch sizes)",
+    "al_by_category": "Acceptance length by category",
+    "al_histogram": "Acceptance length histogram",
+    "conditional_acceptance": "Conditional acceptance per draft position",
+    "speedup_vs_batch": "Speedup against batch size",
+}
+
+
+def _markdown(runs: Sequence[Run], figures: Mapping[str, Path], headers: list[str], body: list[list[str]]) -> str:
+    lines = ["# speedbench report", ""]
+    for run in runs:
+        commit = run.doc.get("commit_info") or {}
+        lines.append(f"- `{run.label}`: {run.doc.get('datetime', '?')}, commit {commit.get('id', '?')}"
+                     f"{' (dirty)' if commit.get('dirty') else ''}, {len(run.doc.get('benchmarks', []))} cases")
+    lines += ["", "## Summary", "", "| " + " | ".join(headers) + " |",
+              "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    for name, path in figures.items():
+        lines += ["", f"## {_TITLES[name]}", "", f"![{name}]({path.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _html(runs: Sequence[Run], figures: Mapping[str, Path], headers: list[str], body: list[list[str]]) -> str:
+    esc = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>speedbench report</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:nth-child(-n+2){text-align:left}"
+             "img{max-width:100%}.fail{color:#b00}</style></head><body><h1>speedbench report</h1><ul>"]
+    for run in runs:
+        commit = run.doc.get("commit_info") or {}
+        parts.append(f"<li><code>{esc(run.label)}</code>: {esc(str(run.doc.get('datetime', '?')))}, "
+                     f"commit {esc(str(commit.get('id', '?')))}</li>")
+    parts.append("</ul><h2>Summary</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>")
+    for row in body:
+        cls = " class='fail'" if "fail" in row else ""
+        parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
+    parts.append("</table>")
+    for name, path in figures.items():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f"<h2>{esc(_TITLES[name])}</h2><img alt='{name}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def build_report(runs: Sequence[Run], out_dir: str | Path, formats: Sequence[str] = ("md", "html")) -> Report:
+    """Write `<name>.png` for every supported figure plus report.md / report.html into `out_dir`.
+
+    The HTML page embeds the images (one self-contained file for a CI artifact); the markdown
+    page links the PNGs next to it.
+    """
+    bad = [f for f in formats if f not in ("md", "html")]
+    if bad:
+        raise UsageError(f"unknown report format {bad[0]!r}; valid formats: md, html")
+    frame = runs_dataframe(runs)
+    if frame.empty:
+        raise UsageError("the results files hold no benchmarks to report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out)
+    for name, fig in make_figures(frame).items():
+        path = out / f"{name}.png"
+        fig.savefig(path)
+        report.figures[name] = path
+    headers, body = summary_rows(frame)
+    if "md" in formats:
+        page = out / "report.md"
+        page.write_text(_markdown(runs, report.figures, headers, body), encoding="utf-8")
+        report.pages.append(page)
+    if "html" in formats:
+        page = out / "report.html"
+        page.write_text(_html(runs, report.figures, headers, body), encoding="utf-8")
+        report.pages.append(page)
+    return report
