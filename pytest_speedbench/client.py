@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,7 +20,16 @@ from typing import Any, Protocol
 from .engines.base import Engine, HttpEngine, InProcessEngine, SamplingParams
 from .errors import RequestError, SpeedbenchError
 from .records import Counters, RequestRecord, RunRecords
-from .transport import StreamResult, StreamTransport
+from .transport import StreamResult, StreamTransport, resolve_kind
+
+#: the client set the latency when its event loop woke up later than this, at p99, ...
+LAG_LIMIT_FLOOR_S = 0.002
+#: ... and later than this fraction of the median interval between a stream's events
+LAG_LIMIT_FRACTION = 0.1
+
+
+class ClientLimitedWarning(UserWarning):
+    """The client's own event-loop delay was large enough to distort the reported latencies."""
 
 
 class ConversationEncoder(Protocol):
@@ -46,6 +57,24 @@ class LoadSpec:
     request_timeout: float = 300.0
     seed: int = 0
     ignore_eos: bool = True
+    #: stream transport: "auto", "protocol" or "aiohttp" (env SPEEDBENCH_TRANSPORT)
+    transport: str | None = None
+    #: client worker processes: None = by load, 1 = never shard (env SPEEDBENCH_CLIENT_SHARDS)
+    shards: int | None = None
+
+    def resolved_transport(self) -> str:
+        return resolve_kind(self.transport or os.environ.get("SPEEDBENCH_TRANSPORT") or "auto")
+
+    def resolved_shards(self) -> int | None:
+        if self.shards is not None:
+            return self.shards
+        raw = os.environ.get("SPEEDBENCH_CLIENT_SHARDS", "").strip()
+        if not raw or raw == "auto":
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise SpeedbenchError(f"SPEEDBENCH_CLIENT_SHARDS={raw!r}: expected a positive integer or 'auto'") from None
 
 
 @dataclass
@@ -179,16 +208,22 @@ async def _drive(
 
 
 async def run_http(
-    engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None
+    engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
+    *, measure: bool = True,
 ) -> RunRecords:
-    async with StreamTransport(engine.base_url) as transport:
+    """Single event loop: every stream of the run in this process (`measure=False`: warmup only)."""
+    kind = spec.resolved_transport()
+    events = 0
+    async with StreamTransport(engine.base_url, kind=kind) as transport:
 
         async def send_turn(ids: Sequence[int], sampling: SamplingParams, record: RequestRecord) -> None:
+            nonlocal events
             request = engine.build_request(ids, sampling)
             parser = engine.new_parser()
             record.t_send = time.perf_counter()
             try:
                 result = await transport.stream(request, spec.request_timeout)
+                events += len(result.events)
                 records_from_stream(result, parser, record)
             except RequestError as exc:
                 record.error = str(exc)
@@ -197,11 +232,89 @@ async def run_http(
         warm = await _drive(_warmup_items(items, spec.warmup), spec, encoder, send_turn, warmup=True, counter=counter)
         before = await engine.run_counters()
         monitor = LagMonitor()
+        events = 0
+        cpu0 = time.process_time()
         monitor.start()
-        measured = await _drive(items, spec, encoder, send_turn, warmup=False, counter=counter)
+        measured = await _drive(items, spec, encoder, send_turn, warmup=False, counter=counter) if measure else []
         lag = await monitor.stop()
+        cpu = time.process_time() - cpu0
         after = await engine.run_counters()
-    return RunRecords(warm + measured, counters_delta(before, after), {"transport": "aiohttp", "sharded": False, **lag})
+    info = {"transport": kind, "sharded": False, "shards": 1, **lag, "client_cpu_s": cpu, "client_events": events,
+            "client_cpu_us_per_event": cpu / events * 1e6 if events else None}
+    return RunRecords(warm + measured, counters_delta(before, after), info)
+
+
+def _shard_blocker(engine: HttpEngine, items: Sequence[WorkItem], encoder: ConversationEncoder | None) -> str | None:
+    """Why this run cannot be sharded (None when it can)."""
+    if encoder is not None and any(len(i.turns) > 1 for i in items):
+        return "multi-turn conversations need the tokenizer between turns"
+    if not engine.base_url:
+        return "engine has no base URL"
+    return None
+
+
+def run_http_sharded(
+    engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
+    plan: Any,
+) -> RunRecords:
+    """Warmup here, then the measured requests over worker processes (see sharding.py)."""
+    from . import sharding
+
+    kind = spec.resolved_transport()
+    blob = sharding.parser_blob(engine.new_parser())
+    if blob is None:
+        run = asyncio_run(run_http(engine, items, spec, encoder))
+        run.client_info["shard_blocked"] = f"{type(engine.new_parser()).__name__} cannot be pickled"
+        return run
+    warm = asyncio_run(run_http(engine, items, spec, encoder, measure=False)).requests if spec.warmup else []
+    offset = spec.warmup
+    requests = [engine.build_request(i.first_ids, sampling_for(spec, offset + n)) for n, i in enumerate(items)]
+    labels = [(i.prompt_id, i.category) for i in items]
+    counters: dict[str, Any] = {}
+
+    def snapshot_before() -> None:
+        counters["before"] = asyncio_run(engine.run_counters())
+
+    jobs = sharding.build_jobs_input(engine.base_url, kind, requests, labels, blob, spec.request_timeout,
+                                     spec.batch_size)
+    records, info = sharding.run_sharded(jobs, plan, snapshot_before)
+    after = asyncio_run(engine.run_counters())
+    info["transport"] = kind
+    return RunRecords(warm + records, counters_delta(counters.get("before"), after), info)
+
+
+def median_event_interval(records: Sequence[RequestRecord]) -> float | None:
+    """Median gap between consecutive token events of a stream, over the measured requests."""
+    gaps = sorted(
+        b - a for r in records if not r.warmup for a, b in zip(r.chunk_times, r.chunk_times[1:])
+    )
+    return gaps[len(gaps) // 2] if gaps else None
+
+
+def client_limited(info: dict[str, Any], records: Sequence[RequestRecord]) -> str | None:
+    """The reason the client, not the engine, set the latency (None when it did not)."""
+    p99 = info.get("loop_lag_p99_s")
+    if p99 is None:
+        return None
+    interval = median_event_interval(records)
+    limit = max(LAG_LIMIT_FLOOR_S, LAG_LIMIT_FRACTION * interval) if interval else LAG_LIMIT_FLOOR_S
+    if p99 <= limit:
+        return None
+    gap = f"{interval * 1e3:.2f} ms" if interval else "unknown"
+    return (
+        f"client event-loop lag p99 {p99 * 1e3:.2f} ms exceeds {limit * 1e3:.2f} ms "
+        f"(max of {LAG_LIMIT_FLOOR_S * 1e3:g} ms and {LAG_LIMIT_FRACTION:.0%} of the {gap} median event gap): "
+        f"the client, not the engine, set part of the latency; "
+        f"shards={info.get('shards')} transport={info.get('transport')}"
+    )
+
+
+def _finish_client_info(run: RunRecords) -> RunRecords:
+    reason = client_limited(run.client_info, run.requests)
+    run.client_info["client_limited"] = reason
+    if reason:
+        warnings.warn(ClientLimitedWarning(reason), stacklevel=3)
+    return run
 
 
 def run_inprocess(
@@ -246,7 +359,17 @@ def run_load(
     if isinstance(engine, InProcessEngine):
         return run_inprocess(engine, items, spec, encoder)
     if isinstance(engine, HttpEngine):
-        return asyncio_run(run_http(engine, items, spec, encoder))
+        from .sharding import plan_shards
+
+        plan = plan_shards(spec.batch_size, spec.resolved_shards())
+        blocker = _shard_blocker(engine, items, encoder) if plan.sharded else None
+        if plan.sharded and blocker is None:
+            return _finish_client_info(run_http_sharded(engine, items, spec, encoder, plan))
+        run = asyncio_run(run_http(engine, items, spec, encoder))
+        run.client_info["shard_reason"] = plan.reason if blocker is None else f"not sharded: {blocker}"
+        if blocker:
+            run.client_info["shard_blocked"] = blocker
+        return _finish_client_info(run)
     raise TypeError(f"unsupported engine type {type(engine).__name__}")
 
 
