@@ -5,18 +5,48 @@ Wire format (python/sglang/srt/entrypoints/http_server.py): POST /generate with 
 `data: [DONE]`. Each event has `output_ids` (cumulative by default, incremental when the server
 runs with --incremental-streaming-output) and `meta_info` with a running `completion_tokens`;
 the final event's `meta_info` carries the SD counters, whose names drifted across 0.5.x.
+
+Launch (when no --server-url is given), one server per EngineConfig:
+
+    python -m sglang.launch_server --model-path MODEL --host 127.0.0.1 --port PORT
+        --disable-radix-cache --max-running-requests MAX_BATCH
+        CUDA_GRAPH_MAX_BS_FLAG MAX_BATCH [speculative flags] [engine_args...]
+
+The radix (prefix) cache is off so repeated prompts are prefilled every time. The CUDA-graph
+batch flag was renamed in 0.5.x (`--cuda-graph-max-bs` in 0.5.9, `--cuda-graph-max-bs-decode`
+by 0.5.23): the launcher's `--help` is probed once and the spelling it lists is used; when the
+probe fails the flag is left out (SGLang then picks its own capture sizes), and when it lists
+neither the launch fails naming the version. Drafters (K = --draft-length):
+
+    ngram  --speculative-algorithm NGRAM --speculative-num-draft-tokens K+1
+           --speculative-ngram-max-bfs-breadth 1        (a chain of K, comparable to the others)
+    draft  --speculative-algorithm STANDALONE --speculative-draft-model-path DRAFT  + chain flags
+    eagle  --speculative-algorithm EAGLE      --speculative-draft-model-path DRAFT  + chain flags
+    eagle3 --speculative-algorithm EAGLE3     --speculative-draft-model-path DRAFT  + chain flags
+    mtp    --speculative-algorithm NEXTN     [--speculative-draft-model-path DRAFT] + chain flags
+    chain flags: --speculative-num-steps K --speculative-eagle-topk 1 --speculative-num-draft-tokens K+1
+
+(num-draft-tokens counts the verified root token too, hence K+1.) Readiness: refused or 503
+until GET /health_generate answers 200 (it runs a one-token generation, so its timeout is
+long). Point the engine at another launcher with SPEEDBENCH_SGLANG_CMD (e.g.
+"python tests/fakes/fake_sglang_launch.py") or EngineConfig.extra["command"].
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Sequence
+from importlib import metadata, util
 from typing import Any
 
 import orjson
 
-from ..errors import RequestError
+from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
 from ..records import Counters
 from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams
+from .lifecycle import free_port, launch_and_wait, override_command
 
 # Spellings of the same counter across SGLang versions, newest first.
 ACCEPTED_KEYS = ("spec_num_correct_drafts", "spec_accepted_drafts", "spec_accept_token_num")
@@ -65,6 +95,105 @@ def normalize_meta_counters(meta: dict[str, Any]) -> Counters | None:
     if meta.get("spec_accept_length") is not None:
         counters["engine_accept_length"] = float(meta["spec_accept_length"])
     return counters
+
+
+# -- launch ----------------------------------------------------------------------------------
+
+ENV_COMMAND = "SPEEDBENCH_SGLANG_CMD"
+INSTALL_HINT = "install it with `pip install \"sglang[all]\"` (needs a CUDA GPU), or attach with --server-url"
+ALGORITHMS = {"ngram": "NGRAM", "draft": "STANDALONE", "eagle": "EAGLE", "eagle3": "EAGLE3", "mtp": "NEXTN"}
+NEEDS_DRAFT_MODEL = ("draft", "eagle", "eagle3")
+#: spellings of the CUDA-graph max-batch flag, newest first
+CUDA_GRAPH_MAX_BS_FLAGS = ("--cuda-graph-max-bs-decode", "--cuda-graph-max-bs")
+_FLAG = re.compile(r"(?<![\w-])--[a-z0-9][a-z0-9-]*")
+
+
+def default_command() -> list[str] | None:
+    return [sys.executable, "-m", "sglang.launch_server"] if util.find_spec("sglang") is not None else None
+
+
+def installed_version() -> str | None:
+    try:
+        return metadata.version("sglang")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def probe_flags(command: Sequence[str], timeout_s: float = 300.0) -> frozenset[str] | None:
+    """The flags `<launcher> --help` lists; None when the probe fails (no guessing then)."""
+    try:
+        proc = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    flags = frozenset(_FLAG.findall(proc.stdout))
+    return flags or None
+
+
+def speculative_args(config: EngineConfig) -> list[str]:
+    if config.drafter == "none":
+        return []
+    try:
+        algorithm = ALGORITHMS[config.drafter]
+    except KeyError:
+        raise UsageError(
+            f"sglang has no drafter {config.drafter!r}; valid drafters: none, {', '.join(ALGORITHMS)}"
+        ) from None
+    k = config.draft_length
+    args = ["--speculative-algorithm", algorithm]
+    if config.drafter == "ngram":
+        return args + ["--speculative-num-draft-tokens", str(k + 1), "--speculative-ngram-max-bfs-breadth", "1"]
+    if config.drafter in NEEDS_DRAFT_MODEL and not config.draft_model:
+        raise UsageError(f"sglang drafter {config.drafter!r} needs --draft-model ({algorithm} draft checkpoint)")
+    if config.draft_model:
+        args += ["--speculative-draft-model-path", config.draft_model]
+    return args + ["--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
+                   "--speculative-num-draft-tokens", str(k + 1)]
+
+
+def cuda_graph_args(max_bs: int, flags: frozenset[str] | None, version: str | None) -> list[str]:
+    if flags is None:
+        return []
+    for flag in CUDA_GRAPH_MAX_BS_FLAGS:
+        if flag in flags:
+            return [flag, str(max_bs)]
+    raise EngineError(
+        f"SGLang {version or '(unknown version)'} accepts none of the CUDA-graph batch flags "
+        f"{', '.join(CUDA_GRAPH_MAX_BS_FLAGS)}; pass the right one through --engine-args"
+    )
+
+
+def build_argv(
+    config: EngineConfig,
+    *,
+    port: int,
+    command: Sequence[str],
+    flags: frozenset[str] | None = None,
+    version: str | None = None,
+) -> list[str]:
+    """The full launch command for one engine instance (flags: what the launcher's --help lists)."""
+    if not config.model:
+        raise UsageError("sglang needs --model (a Hugging Face id or a local checkpoint directory)")
+    max_bs = max(1, config.max_batch_size)
+    argv = [
+        *command, "--model-path", config.model,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--disable-radix-cache",
+        "--max-running-requests", str(max_bs),
+        *cuda_graph_args(max_bs, flags, version),
+        *speculative_args(config),
+        *config.engine_args,
+    ]
+    if flags is not None:
+        unknown = [a for a in argv[len(command):] if a.startswith("--") and a not in flags]
+        if unknown:
+            raise EngineError(
+                f"SGLang {version or '(unknown version)'} does not accept {', '.join(unknown)} "
+                f"(checked against `{' '.join(command)} --help`)"
+            )
+    return argv
 
 
 class SGLangParser:
@@ -127,15 +256,59 @@ class SGLangEngine(HttpEngine):
         super().__init__(config, workdir)
         self.base_url = (config.server_url or "").rstrip("/")
         self._server_info: dict[str, Any] = {}
+        self._server: Any = None
+        self._argv: list[str] = []
+        self._ready_s: float | None = None
+        self._flags_probed: bool | None = None
 
-    # -- lifecycle (attach mode; launching is added by the launch support) --
+    # -- lifecycle --
+    @classmethod
+    def check_installed(cls) -> None:
+        if override_command(ENV_COMMAND) or default_command():
+            return
+        raise EngineNotInstalled(f"sglang is not installed: {INSTALL_HINT}")
+
+    def _command(self) -> list[str]:
+        cmd = override_command(ENV_COMMAND, self.config.option("command")) or default_command()
+        if cmd is None:
+            raise EngineNotInstalled(f"sglang is not installed: {INSTALL_HINT}")
+        return cmd
+
     def start(self) -> None:
         if not self.base_url:
-            raise NotImplementedError("launching SGLang needs the launch support; pass --server-url")
-        self._server_info = self._probe_server_info()
+            self._launch()
+        try:
+            self._server_info = self._probe_server_info()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self) -> None:
+        import httpx
+
+        command = self._command()
+        overridden = override_command(ENV_COMMAND, self.config.option("command")) is not None
+        version = None if overridden else installed_version()
+        flags = probe_flags(command)
+        self._flags_probed = flags is not None
+        port = free_port()
+        self._argv = build_argv(self.config, port=port, command=command, flags=flags, version=version)
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # /health_generate runs a one-token generation: give it time to answer
+        with httpx.Client(base_url=self.base_url, timeout=60.0) as client:
+            self._server, self._ready_s = launch_and_wait(
+                self._argv,
+                log_path=self.workdir / f"sglang-{self.config.key}-{port}.log",
+                name=f"sglang[{self.config.key}]",
+                probe=lambda: client.get("/health_generate").status_code == 200,
+                timeout_s=self.config.ready_timeout_s,
+                env=self.config.option("env"),
+            )
 
     def stop(self) -> None:
-        pass
+        if self._server is not None:
+            self._server.stop(grace_s=20.0)
 
     def _probe_server_info(self) -> dict[str, Any]:
         import httpx
@@ -166,6 +339,15 @@ class SGLangEngine(HttpEngine):
             model=(self._server_info.get("model_info") or {}).get("model_path")
             or self._server_info.get("model_path"),
         )
+        if self._server is not None:
+            info.update(
+                launch_command=self._server.command_line,
+                argv=list(self._argv),
+                log=str(self._server.log_path),
+                ready_s=self._ready_s,
+                flags_probed=self._flags_probed,
+                engine_args=list(self.config.engine_args),
+            )
         return info
 
     # -- protocol --
