@@ -21,9 +21,9 @@ def _prompt(i: int, *turns: str) -> Prompt:
 def bos_tokenizer(tiny_tokenizer_dir: Path) -> Any:
     """The tiny tokenizer, made to add BOS by default like Llama's (template also writes it)."""
     from tokenizers.processors import TemplateProcessing
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    tok = PreTrainedTokenizerFast.from_pretrained(tiny_tokenizer_dir)
     bos_id = tok.convert_tokens_to_ids("<s>")
     tok.backend_tokenizer.post_processor = TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)])
@@ -97,11 +97,12 @@ def test_cache_key_changes_with_content_template_and_mode(bos_tokenizer: Any, tm
 
 
 def test_fingerprint_differs_between_tokenizers(bos_tokenizer: Any, tiny_tokenizer_dir: Path) -> None:
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
-    plain = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)  # no BOS post-processor
+    plain = PreTrainedTokenizerFast.from_pretrained(tiny_tokenizer_dir)  # no BOS post-processor
     assert tokenizer_fingerprint(plain) != tokenizer_fingerprint(bos_tokenizer)
-    assert tokenizer_fingerprint(plain) == tokenizer_fingerprint(AutoTokenizer.from_pretrained(tiny_tokenizer_dir))
+    again = PreTrainedTokenizerFast.from_pretrained(tiny_tokenizer_dir)
+    assert tokenizer_fingerprint(plain) == tokenizer_fingerprint(again)
 
 
 def test_damaged_cache_is_a_miss(bos_tokenizer: Any, tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def _read_hub(name: str, config: str) -> list[Row]:
         import datasets
     except ImportError:
         raise UsageError(
-            f"--dataset hf:{name} needs the `datasets` package (pip install datasets); offline, "
+            f"reading hf:{name} needs the `datasets` package (pip install datasets); offline, "
             "point --dataset at a directory written by `speedbench prepare` instead"
         ) from None
     try:
