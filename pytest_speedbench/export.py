@@ -16,6 +16,8 @@ from typing import Any
 
 from .errors import UsageError
 from .gates import PARAM_KEYS
+from .results import Storage, load_results
+
 
 @dataclass(frozen=True)
 class Run:
@@ -26,41 +28,6 @@ class Run:
     doc: Mapping[str, Any]
 
 
-def _read(path: Path) -> dict[str, Any]:
-    """Fallback reader used when results.py is not importable."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise UsageError(f"results file {path} is not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
-        raise UsageError(f"{path} is not a results file: expected a JSON object with a 'benchmarks' list")
-    return doc
-
-
-def resolve_ref(ref: str | os.PathLike[str], storage: str | os.PathLike[str] = ".speedbench") -> Path:
-    """A results file from a path, 'latest' or a run number NNNN in `storage`."""
-    try:
-        from .results import Storage
-    except ImportError:  # pragma: no cover - results.py always ships; kept for partial checkouts
-        Storage = None  # type: ignore[assignment,misc]
-    if Storage is not None:
-        return Storage(storage).resolve(ref)
-    path = Path(ref)
-    if path.is_file():
-        return path
-    raise UsageError(f"no results file {str(ref)!r}")  # pragma: no cover
-
-
-def load_doc(path: Path) -> dict[str, Any]:
-    try:
-        from .results import load_results
-    except ImportError:  # pragma: no cover
-        return _read(path)
-    return load_results(path)
-
-
 def load_runs(refs: Sequence[str | os.PathLike[str]], storage: str | os.PathLike[str] = ".speedbench") -> list[Run]:
     """Load every reference; labels are file stems, made unique with a #n suffix."""
     if not refs:
@@ -68,12 +35,12 @@ def load_runs(refs: Sequence[str | os.PathLike[str]], storage: str | os.PathLike
     runs: list[Run] = []
     seen: dict[str, int] = {}
     for ref in refs:
-        path = resolve_ref(ref, storage)
+        path = Storage(storage).resolve(ref)
         label = path.stem
         seen[label] = seen.get(label, 0) + 1
         if seen[label] > 1:
             label = f"{label}#{seen[label]}"
-        runs.append(Run(label, path, load_doc(path)))
+        runs.append(Run(label, path, load_results(path)))
     return runs
 
 

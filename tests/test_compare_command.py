@@ -6,7 +6,6 @@ import copy
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -169,9 +168,8 @@ def test_latest_and_run_numbers_resolve_in_storage(capsys, tmp_path):
 
 
 def _pytest_benchmark(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
-    # Autoload is off so the check is about the file format alone, not about which plugins load.
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    return subprocess.run([sys.executable, "-m", "pytest_benchmark", *argv], cwd=cwd, env=env,
+    # pytest-benchmark's CLI loads every installed pytest plugin, ours included, as a user's would.
+    return subprocess.run([sys.executable, "-m", "pytest_benchmark", *argv], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 
