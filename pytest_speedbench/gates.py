@@ -374,6 +374,15 @@ class Check:
     def failed(self) -> bool:
         return self.outcome == "fail"
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready record, so a summary table can list every gate result, passes included."""
+        return {
+            "kind": self.kind, "metric": self.metric, "rule": self.rule, "outcome": self.outcome,
+            "current": self.current, "baseline": self.baseline, "change_pct": self.change_pct,
+            "interval": [self.interval.lo, self.interval.hi] if self.interval else None,
+            "message": self.message,
+        }
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -382,8 +391,8 @@ class Verdict:
     checks: list[Check] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        """The `gate` entry of extra_info."""
-        return {"verdict": self.verdict, "reasons": list(self.reasons)}
+        """The `gate` entry of extra_info: verdict, reasons, and every check (`Check.as_dict`)."""
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "checks": [c.as_dict() for c in self.checks]}
 
 
 def _threshold_checks(threshold: Threshold, params: Mapping[str, Any], extra_info: Mapping[str, Any]) -> list[Check]:

@@ -292,9 +292,14 @@ def test_missing_baseline_is_reported_not_failed():
 
 
 def test_verdict_as_dict_matches_gate_schema():
-    v = gates.evaluate(PARAMS, info(), rules=gates.parse_fail_rules(RULES), baseline_extra_info=info())
-    assert v.as_dict() == {"verdict": "pass", "reasons": []}
-    assert gates.evaluate(PARAMS, info()).as_dict() == {"verdict": "skip", "reasons": []}
+    v = gates.evaluate(PARAMS, info(al=2.36), rules=gates.parse_fail_rules(RULES), baseline_extra_info=info())
+    assert v.as_dict() == {"verdict": "pass", "reasons": [], "checks": [{
+        "kind": "rule", "metric": "acceptance_length", "rule": "acceptance_length:-3%", "outcome": "pass",
+        "current": 2.36, "baseline": 2.41, "change_pct": pytest.approx(-2.0747, abs=1e-3),
+        "interval": [2.30, 2.52], "message": "acceptance_length: 2.41 -> 2.36 (-2.1%) within rule acceptance_length:-3%",
+    }]}
+    json.dumps(v.as_dict())  # stored in the results file as is
+    assert gates.evaluate(PARAMS, info()).as_dict() == {"verdict": "skip", "reasons": [], "checks": []}
 
 
 # ------------------------------------------------------------------------------ baseline lookup, JUnit
