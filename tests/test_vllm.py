@@ -206,3 +206,47 @@ def test_not_installed_names_the_install_hint(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     with pytest.raises(EngineNotInstalled, match="pip install vllm"):
         VLLMEngine.check_installed()
+
+
+SUITE = '''
+def test_speculative_decoding(speedbench_run):
+    speedbench_run.check()
+'''
+
+
+@pytest.mark.slow
+def test_plugin_launches_vllm_per_drafter_and_records_counters(
+    pytester: pytest.Pytester, monkeypatch, tiny_tokenizer_dir: Path, prompts_file: Path
+):
+    """`pytest --engine=vllm --model=M --drafter=ngram,none` against the fake `vllm serve`."""
+    import shutil
+
+    tokenizer = pytester.path / "tok"
+    shutil.copytree(tiny_tokenizer_dir, tokenizer)
+    (tokenizer / "config.json").write_text('{"model_type": "llama"}')  # a folder models.py accepts
+    monkeypatch.setenv("SPEEDBENCH_VLLM_CMD", FAKE_CMD)
+    monkeypatch.setenv("SPEEDBENCH_NVIDIA_SMI", "")
+    pytester.makepyfile(test_speedbench=SUITE)
+    out = pytester.path / "out.json"
+    result = pytester.runpytest(
+        "--engine=vllm", "--model=org/target", "--drafter=ngram,none", f"--tokenizer={tokenizer}",
+        f"--dataset={prompts_file}", "--num-prompts=2", "--split=qualitative", "--temperature=0",
+        "--batch-size=2", "--warmup=0", "--output-len=24", "--engine-args=--max-model-len 2048",
+        f"--speedbench-json={out}", "-p", "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=2)
+    doc = json.loads(out.read_text())
+    entries = {b["param"]: b["extra_info"] for b in doc["benchmarks"]}
+    sd = entries["vllm-ngram-qualitative-bs2-t0"]
+    # Prometheus deltas reached the results: the fake streams one step per event, so the
+    # counter AL equals the pooled chunk AL exactly
+    assert sd["acceptance_length_counters"] > 1.0
+    assert sd["acceptance_length_counters"] == pytest.approx(sd["acceptance_length_pooled"], abs=1e-12)
+    assert entries["vllm-none-qualitative-bs2-t0"]["acceptance_length_counters"] is None
+    engines = doc["speedbench"]["engines"]
+    ngram = engines["vllm-ngram"]
+    assert ngram["version"] == "0.33.0"
+    assert "serve org/target --host 127.0.0.1" in ngram["launch_command"]
+    assert "--max-model-len 2048" in ngram["launch_command"]
+    assert json.loads(ngram["argv"][ngram["argv"].index("--speculative-config") + 1])["method"] == "ngram"
+    assert "--speculative-config" not in engines["vllm-none"]["launch_command"]
