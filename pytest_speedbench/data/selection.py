@@ -72,7 +72,7 @@ def normalize_rows(X: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(X)):
         bad = np.flatnonzero(~np.all(np.isfinite(X), axis=1))
         raise ValueError(f"embeddings contain NaN or inf in rows {bad[:10].tolist()}")
-    norms = np.linalg.norm(X, axis=1)
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X))  # np.linalg.norm would allocate an N x d temporary
     zero = np.flatnonzero(norms == 0)
     if zero.size:
         raise ValueError(f"embeddings have zero-length rows {zero[:10].tolist()}; cosine is undefined")
