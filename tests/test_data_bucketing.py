@@ -81,3 +81,20 @@ def test_fill_fallback_is_exact() -> None:
 def test_nonpositive_target_is_rejected() -> None:
     with pytest.raises(ValueError):
         pad_or_truncate("x", 0)
+
+
+def test_split_point_count_equals_full_reencode() -> None:
+    """The tail-only count must agree with re-encoding the whole prefix, on code and on prose."""
+    import inspect
+    import json as json_module
+
+    enc = o200k()
+    rng = random.Random(3)
+    texts = [inspect.getsource(json_module.decoder) * 3, LONG.replace(". ", ".\n") + "\n/x\n y\n\tz\n"]
+    for text in texts:
+        ids = enc.encode_ordinary(text)
+        for n in rng.sample(range(2, len(ids)), 60):
+            out, got = bucketing._prefix(ids, n, enc)
+            assert out == enc.decode(ids[:n])
+            assert got == len(enc.encode_ordinary(out))
+    assert bucketing.split_point(enc.encode_ordinary("no newline here at all"), 5, enc) is None

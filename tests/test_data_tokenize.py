@@ -122,3 +122,10 @@ def test_missing_chat_template_is_a_usage_error(bos_tokenizer: Any) -> None:
         PromptEncoder(bos_tokenizer, chat_template=False)  # raw mode needs none
     finally:
         bos_tokenizer.chat_template = original
+
+
+def test_backend_batch_encoding_matches_the_tokenizer_call(bos_tokenizer: Any) -> None:
+    texts = ["the quick brown fox", "", "speculative   decoding\n\ndrafts 😀 tokens"] * 30
+    for mode in (True, False):
+        enc = PromptEncoder(bos_tokenizer, chat_template=mode)
+        assert enc._encode_texts(texts, chunk=7) == bos_tokenizer(texts, add_special_tokens=not mode)["input_ids"]

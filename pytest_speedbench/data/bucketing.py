@@ -19,7 +19,7 @@ import hashlib
 import importlib.util
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,14 +130,48 @@ def _exact_cut(ids: list[int], target: int, enc: tiktoken.Encoding) -> str:
         if n in seen or not 0 < n <= len(ids):
             break
         seen.add(n)
-        out = enc.decode(ids[:n])
-        got = len(enc.encode_ordinary(out))
+        out, got = _prefix(ids, n, enc)
         if got == target:
             return out
         n += target - got
     # Rare: the cut keeps landing in a run that re-merges. Back off to an earlier cut and fill
     # the gap with single-token words, which never merge with each other or the text before.
     return _cut_and_fill(ids, target, enc)
+
+
+#: How far back (in tokens) to look for a split point before re-encoding the whole prefix.
+_SPLIT_SEARCH = 4096
+_NEWLINE = 0x0A
+_SLASH = 0x2F
+
+
+def split_point(ids: Sequence[int], n: int, enc: tiktoken.Encoding) -> int | None:
+    """A token index k < n where o200k's pre-tokenization provably restarts, or None.
+
+    o200k_base first splits text into pieces with a regex that has no look-behind, then
+    encodes each piece alone. A newline followed by a printable ASCII character other than '/'
+    always ends a piece (only whitespace or a '/' can extend a piece across a newline), and no
+    match attempt before it reads past that character. So if token k starts such a character
+    right after a token ending in a newline, encoding `decode(ids[:n])` yields the first k ids
+    unchanged plus the encoding of `decode(ids[k:n])`: the prefix count needs only the tail
+    re-encoded, not the whole 32k-token prompt.
+    """
+    single = enc.decode_single_token_bytes
+    for k in range(n - 1, max(0, n - _SPLIT_SEARCH), -1):
+        first = single(ids[k])
+        if 0x21 <= first[0] <= 0x7E and first[0] != _SLASH and single(ids[k - 1])[-1] == _NEWLINE:
+            return k
+    return None
+
+
+def _prefix(ids: list[int], n: int, enc: tiktoken.Encoding) -> tuple[str, int]:
+    """(decode(ids[:n]), its exact o200k token count), re-encoding only a tail where possible."""
+    k = split_point(ids, n, enc)
+    if k is None:
+        out = enc.decode(ids[:n])
+        return out, len(enc.encode_ordinary(out))
+    head, tail = enc.decode(ids[:k]), enc.decode(ids[k:n])
+    return head + tail, k + len(enc.encode_ordinary(tail))
 
 
 def _cut_and_fill(ids: list[int], target: int, enc: tiktoken.Encoding) -> str:

@@ -79,12 +79,17 @@ class PromptEncoder:
                 [dict(m) for m in messages], tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages)
 
-    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        # One batched call: fast tokenizers encode a batch on Rust threads.
-        enc = self.tokenizer(texts, add_special_tokens=not self.chat_template)
-        return [list(ids) for ids in enc["input_ids"]]
+    def _encode_texts(self, texts: list[str], *, chunk: int = 64) -> list[list[int]]:
+        """Encode on the Rust backend's threads, in chunks so its per-text buffers stay small."""
+        special = not self.chat_template
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        batch = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
+        if batch is None:  # slow (pure Python) tokenizers
+            return [list(x) for x in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
+        out: list[list[int]] = []
+        for start in range(0, len(texts), chunk):
+            out.extend(e.ids for e in batch(texts[start:start + chunk], add_special_tokens=special))
+        return out
 
     # -- public API ----------------------------------------------------------------------------
 
