@@ -27,9 +27,8 @@ class WorkloadCache:
     def encoder(self) -> Any:
         if self._encoder is None:
             from .data.tokenize import PromptEncoder
-            from .models import load_tokenizer
 
-            tokenizer = load_tokenizer(self.settings.tokenizer or self.settings.model)
+            tokenizer = _load_tokenizer(self.settings.tokenizer or self.settings.model)
             self._encoder = PromptEncoder(
                 tokenizer, chat_template=self.settings.chat_template, cache_dir=self.cache_dir
             )
@@ -49,3 +48,16 @@ class WorkloadCache:
                 for p, ids in zip(prompts, first_ids)
             ]
         return self._items[dataset_config]
+
+
+def _load_tokenizer(spec: str | None) -> Any:
+    """A tokenizer-only folder (tokenizer files, no model config) loads directly."""
+    path = Path(spec) if spec else None
+    if path is not None and path.is_dir() and (path / "tokenizer_config.json").is_file() \
+            and not (path / "config.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    from .models import load_tokenizer
+
+    return load_tokenizer(spec)

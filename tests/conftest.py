@@ -93,7 +93,7 @@ def fake_sglang(tmp_path: Path) -> Iterator[Callable[..., FakeServer]]:
         )
         server = FakeServer(f"http://127.0.0.1:{port}", truth, proc)
         servers.append(server)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(server.url + "/health", timeout=0.5).status_code == 200:
