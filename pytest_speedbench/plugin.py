@@ -67,6 +67,9 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-speedbench: {exc}") from None
     session.config = config
     config.stash[SESSION_KEY] = session
+    from .xdist_support import install  # GPU pinning, engine grouping, merged results under xdist
+
+    install(config, session)
 
 
 def _session(config: pytest.Config) -> SpeedbenchSession:

@@ -21,6 +21,7 @@ from .errors import EngineNotInstalled, UsageError
 from .matrix import Case, Matrix, expand
 from .records import RunRecords
 from .workload import WorkloadCache
+from .xdist_support import parallel_args
 
 
 @dataclass
@@ -135,6 +136,7 @@ class SpeedbenchSession:
         if isinstance(extra_args, str):
             extra_args = shlex.split(extra_args)
         args = tuple(str(a) for a in extra_args) + tuple(shlex.split(s.engine_args or ""))
+        args = (parallel_args(engine, per_engine) if not urls else ()) + args  # tp/pp/multi-node flags
         sizes = [c.batch_size for c in self.matrix.cases if c.engine == engine and c.drafter == drafter]
         return EngineConfig(
             engine=engine,
@@ -200,6 +202,7 @@ class SpeedbenchSession:
         extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
         extra.update(self.speedups_for(case, run, extra))
         extra["client"] = run.client_info
+        extra["engine_counters"] = run.engine_counters  # run-level deltas (vLLM), for audit
         extra["engine_key"] = self.engine_key(case)
         self.runs[case] = (run, extra)
         return run, extra
@@ -297,6 +300,7 @@ class ResultsBook:
             storage_root = rootdir / storage_root
         self.storage = Storage(storage_root)
         self._autosave_path: Path | None = None
+        self.enabled = True  # False on xdist workers: the controller writes the one file
         self._machine: dict[str, Any] | None = None
         self._commit: dict[str, Any] | None = None
 
@@ -313,6 +317,8 @@ class ResultsBook:
     def save(self, document: dict[str, Any]) -> list[Path]:
         from .results import write_atomic
 
+        if not self.enabled:
+            return []
         written = []
         if self._json_path is not None:
             written.append(write_atomic(self._json_path, document))
