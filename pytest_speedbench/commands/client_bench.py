@@ -1,0 +1,363 @@
+"""`speedbench client-bench`: measure the client itself against a cheap synthetic SSE server.
+
+The client must not be the bottleneck it measures. This command starts a synthetic server
+that speaks SGLang's native /generate stream (several processes sharing one port with
+SO_REUSEPORT, each a bare `asyncio.Protocol`), whose every event carries, as its one output
+token id, the `perf_counter_ns()` at which it was written. The real client (`client.run_load`
+with the SGLang engine attached) then streams at each concurrency, and for every event we know
+receive lag = receipt time - send time on the one host-wide monotonic clock. Reported per
+level: client CPU microseconds per event, lag p50/p99/max, achieved events/s, event-loop lag,
+and the output TPS the suite computes against the server's true emission rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+DEFAULT_CONCURRENCY = (1, 64, 256, 512, 1024)
+
+
+# -- the synthetic server -----------------------------------------------------------------------
+
+
+class _SyntheticStream(asyncio.Protocol):
+    """HTTP/1.1 keep-alive server: POST /generate streams `max_new_tokens` events, one per interval."""
+
+    def __init__(self, interval: float, stats: Any) -> None:
+        self.interval = interval
+        self.stats = stats
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4 : end + 4 + length])
+            del self.buf[: end + 4 + length]
+            method, path = head.split(" ", 2)[:2]
+            self._handle(method, path, body)
+
+    def _handle(self, method: str, path: str, body: bytes) -> None:
+        assert self.transport is not None
+        if method == "POST" and path == "/generate":
+            import orjson
+
+            params = (orjson.loads(body) or {}).get("sampling_params") or {}
+            n = max(1, int(params.get("max_new_tokens", 16)))
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            t0 = self.loop.time()
+            self.loop.call_at(t0 + self.interval, self._emit, t0, 0, n, time.perf_counter())
+            return
+        payload = b'{"version":"synthetic"}' if path in ("/get_server_info", "/health") else b""
+        status = b"200 OK" if payload else b"404 Not Found"
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        )
+
+    def _emit(self, t0: float, k: int, n: int, t_arrive: float) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        last = k + 1 == n
+        finish = b'{"type":"length"}' if last else b"null"
+        sent_ns = time.perf_counter_ns()
+        event = b'data: {"output_ids":[%d],"meta_info":{"completion_tokens":%d,"finish_reason":%s}}\n\n' % (
+            sent_ns, k + 1, finish)
+        if last:
+            event += b"data: [DONE]\n\n"
+        frame = b"%x\r\n%s\r\n" % (len(event), event)
+        if last:
+            frame += b"0\r\n\r\n"
+        transport.write(frame)
+        if last:
+            self.stats.write(f"{t_arrive!r} {sent_ns / 1e9!r} {n}\n")
+            self.stats.flush()
+        else:
+            self.loop.call_at(t0 + (k + 2) * self.interval, self._emit, t0, k + 1, n, t_arrive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+def _serve(port: int, interval: float, stats_path: str, ready: Any) -> None:
+    """One server process: its own socket on the shared port (SO_REUSEPORT), its own loop."""
+    from ..client import asyncio_run
+
+    async def main() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(4096)
+        with open(stats_path, "a", encoding="utf-8") as stats:
+            server = await asyncio.get_running_loop().create_server(
+                lambda: _SyntheticStream(interval, stats), sock=sock, backlog=4096
+            )
+            ready.set()
+            async with server:
+                await server.serve_forever()
+
+    asyncio_run(main())
+
+
+class SyntheticServer:
+    """`processes` server processes on one port; `emission(since)` reads what they sent."""
+
+    def __init__(self, processes: int = 2, interval: float = 0.02, workdir: Path | None = None) -> None:
+        self.processes = processes
+        self.interval = interval
+        self._tmp = tempfile.TemporaryDirectory(prefix="speedbench-synth-") if workdir is None else None
+        self.workdir = Path(self._tmp.name) if self._tmp else Path(workdir)
+        self._procs: list[Any] = []
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> SyntheticServer:
+        ctx = mp.get_context("spawn")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        for i in range(self.processes):
+            ready = ctx.Event()
+            proc = ctx.Process(target=_serve, args=(self.port, self.interval, str(self.workdir / f"stats-{i}.txt"), ready),
+                               daemon=True, name=f"speedbench-synth-{i}")
+            proc.start()
+            self._procs.append(proc)
+            deadline = time.monotonic() + 60
+            while not ready.wait(0.1):
+                if not proc.is_alive() or time.monotonic() > deadline:
+                    self.__exit__()
+                    raise RuntimeError(f"synthetic SSE server process {i} did not start (exit code {proc.exitcode})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+        self._procs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def emission(self, since: float) -> list[tuple[float, float, int]]:
+        """(arrival, last send, tokens) of every request that arrived after `since`."""
+        rows = []
+        for path in self.workdir.glob("stats-*.txt"):
+            for line in path.read_text().splitlines():
+                a, b, n = line.split()
+                if float(a) >= since:
+                    rows.append((float(a), float(b), int(n)))
+        return rows
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def measure_level(
+    server: SyntheticServer, concurrency: int, *, events: int, rounds: int, shards: int | None, transport: str
+) -> dict[str, Any]:
+    """Drive the real client at one concurrency; returns the figures of that level."""
+    from .. import metrics
+    from ..client import LoadSpec, WorkItem, run_load
+    from ..engines.base import EngineConfig
+    from ..engines.sglang import SGLangEngine
+
+    engine = SGLangEngine(EngineConfig("sglang", "none", server_url=server.url), Path(server.workdir))
+    engine.start()
+    items = [WorkItem(f"p{i}", "synthetic", ("x",), (1, 2, 3)) for i in range(concurrency * rounds)]
+    spec = LoadSpec(concurrency, events, 0.0, warmup=0, request_timeout=60.0, transport=transport, shards=shards)
+    since = time.perf_counter()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = run_load(engine, items, spec)
+    records = [r for r in run.measured if r.ok]
+    lags = sorted(t - sent / 1e9 for r in records for t, sent in zip(r.chunk_times, r.output_ids))
+    info = run.client_info
+    n_events = len(lags)
+    start = min((r.t_send for r in records), default=since)
+    end = max((r.chunk_times[-1] for r in records), default=since)
+    truth = server.emission(since)
+    true_tps = None
+    if truth:
+        window = max(b for _, b, _ in truth) - min(a for a, _, _ in truth)
+        true_tps = sum(n for *_, n in truth) / window if window > 0 else None
+    suite_tps = metrics.output_tps(records)
+    return {
+        "concurrency": concurrency,
+        "transport": info.get("transport"),
+        "sharded": bool(info.get("sharded")),
+        "shards": info.get("shards", 1),
+        "requests": len(records),
+        "failed": len(run.measured) - len(records),
+        "events": n_events,
+        "events_per_s": n_events / (end - start) if end > start else None,
+        "cpu_us_per_event": info.get("client_cpu_us_per_event"),
+        "lag_p50_ms": _ms(_quantile(lags, 0.5)),
+        "lag_p99_ms": _ms(_quantile(lags, 0.99)),
+        "lag_max_ms": _ms(lags[-1] if lags else None),
+        "loop_lag_p99_ms": _ms(info.get("loop_lag_p99_s")),
+        "suite_output_tps": suite_tps,
+        "true_emission_tps": true_tps,
+        "tps_error_pct": (suite_tps / true_tps - 1) * 100 if suite_tps and true_tps else None,
+        "client_limited": info.get("client_limited"),
+    }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+def run_bench(
+    concurrency: Sequence[int], *, events: int = 50, interval_ms: float = 20.0, rounds: int = 2,
+    server_procs: int = 2, shard_modes: Sequence[int | None] = (1, None), transports: Sequence[str] = ("protocol",),
+) -> dict[str, Any]:
+    """Every (transport, shard mode, concurrency) level against one synthetic server."""
+    from ..sharding import STREAMS_PER_PROCESS, clock_is_shared, usable_cpus
+
+    levels = []
+    with SyntheticServer(server_procs, interval_ms / 1e3) as server:
+        for transport in transports:
+            for shards in shard_modes:
+                for c in concurrency:
+                    level = measure_level(server, c, events=events, rounds=rounds, shards=shards, transport=transport)
+                    level["shard_mode"] = "auto" if shards is None else shards
+                    levels.append(level)
+                    print(format_row(level), file=sys.stderr, flush=True)
+    return {
+        "machine": {"cpus": usable_cpus(), "python": platform.python_version(), "platform": platform.platform(),
+                    "uvloop": _has("uvloop"), "load_avg": os.getloadavg()},
+        "settings": {"events_per_request": events, "interval_ms": interval_ms, "rounds": rounds,
+                     "server_processes": server_procs, "streams_per_process": STREAMS_PER_PROCESS},
+        "clock_shared_across_processes": clock_is_shared(),
+        "levels": levels,
+    }
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+HEADER = ("| transport | shards | streams | events/s | CPU us/event | lag p50 ms | lag p99 ms | lag max ms "
+          "| loop lag p99 ms | output TPS error |")
+
+
+def _f(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def format_row(level: dict[str, Any]) -> str:
+    shards = f"{level['shards']}" + (" (auto)" if level.get("shard_mode") == "auto" else "")
+    return (
+        f"| {level['transport']} | {shards} | {level['concurrency']} | {_f(level['events_per_s'], '.0f')} "
+        f"| {_f(level['cpu_us_per_event'], '.1f')} | {_f(level['lag_p50_ms'], '.2f')} | {_f(level['lag_p99_ms'], '.2f')} "
+        f"| {_f(level['lag_max_ms'], '.1f')} | {_f(level['loop_lag_p99_ms'], '.2f')} "
+        f"| {_f(level['tps_error_pct'], '+.2f')}% |"
+    )
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    lines += [format_row(level) for level in result["levels"]]
+    return "\n".join(lines)
+
+
+def _parse_shards(raw: str) -> list[int | None]:
+    modes: list[int | None] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if part == "auto":
+            modes.append(None)
+        elif part.isdigit() and int(part) >= 1:
+            modes.append(int(part))
+        else:
+            raise UsageError(f"--shards: {part!r} is not a shard count; use positive integers or 'auto'")
+    return modes
+
+
+def _parse_ints(raw: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag}: {raw!r} is not a comma list of integers") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{flag}: values must be positive integers, got {raw!r}")
+    return values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client-bench", help="measure the streaming client against a synthetic SSE server",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
+                   help="concurrent streams per level (comma list)")
+    p.add_argument("--events", type=int, default=50, help="events per request")
+    p.add_argument("--interval-ms", type=float, default=20.0, help="server step interval per stream")
+    p.add_argument("--rounds", type=int, default=2, help="requests per stream slot")
+    p.add_argument("--server-procs", type=int, default=2, help="synthetic server processes")
+    p.add_argument("--shards", default="1,auto", help="client shard modes to compare: counts and/or 'auto'")
+    p.add_argument("--transport", default="protocol", help="transports to compare (comma list: protocol,aiohttp)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..transport import resolve_kind
+
+    concurrency = _parse_ints(args.concurrency, "--concurrency")
+    transports = [resolve_kind(t.strip()) for t in args.transport.split(",") if t.strip()]
+    if args.events < 2 or args.interval_ms <= 0 or args.rounds < 1 or args.server_procs < 1:
+        raise UsageError("--events must be >= 2; --interval-ms, --rounds and --server-procs must be positive")
+    result = run_bench(concurrency, events=args.events, interval_ms=args.interval_ms, rounds=args.rounds,
+                       server_procs=args.server_procs, shard_modes=_parse_shards(args.shards), transports=transports)
+    print(format_table(result))
+    print(f"clock shared across processes: {result['clock_shared_across_processes']}; "
+          f"machine: {result['machine']['cpus']} CPUs, load {result['machine']['load_avg'][0]:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
