@@ -222,7 +222,24 @@ class SGLangParser:
         finish = meta.get("finish_reason")
         finished = finish is not None
         counters = normalize_meta_counters(meta) if finished else None
+        if finished:
+            self._check_final(finish, meta.get("completion_tokens"), counters)
         return ParsedEvent(new_ids, finished, counters)
+
+    def _check_final(self, finish: Any, completion_tokens: int | None, counters: Counters | None) -> None:
+        """A finished stream must agree with itself: a length finish means exactly `length`
+        tokens arrived, and no step accepts more drafts than it proposed."""
+        length = finish.get("length") if isinstance(finish, dict) and finish.get("type") == "length" else None
+        if isinstance(length, int) and self.seen != length:
+            raise RequestError(
+                f"SGLang stream inconsistent: finished for length {length} but {self.seen} tokens arrived "
+                f"(completion_tokens {completion_tokens}); tokens were lost or went backwards"
+            )
+        if counters and counters.get("drafted") is not None and counters["accepted"] > counters["drafted"]:
+            raise RequestError(
+                f"SGLang counters inconsistent: {counters['accepted']} accepted drafts > "
+                f"{counters['drafted']} proposed over {counters['steps']} steps"
+            )
 
     def _new_ids(self, ids: list[int], completion_tokens: int | None) -> list[int]:
         if self.incremental is None and self.seen > 0 and completion_tokens is not None:
