@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -129,3 +130,17 @@ def test_backend_batch_encoding_matches_the_tokenizer_call(bos_tokenizer: Any) -
     for mode in (True, False):
         enc = PromptEncoder(bos_tokenizer, chat_template=mode)
         assert enc._encode_texts(texts, chunk=7) == bos_tokenizer(texts, add_special_tokens=not mode)["input_ids"]
+
+
+@pytest.mark.slow
+def test_bundled_smollm_matches_transformers_own_templated_encoding() -> None:
+    """With the real target tokenizer, our ids equal apply_chat_template(tokenize=True)."""
+    models = pytest.importorskip("pytest_speedbench.models")
+    tok = models.load_tokenizer(None)
+    p = _prompt(3, "Explain speculative decoding in one sentence.", "Now in French.")
+    ids = PromptEncoder(tok).encode_first_turns([p])[0]
+    expected = tok.apply_chat_template([{"role": "user", "content": p.turns[0]}], tokenize=True,
+                                       add_generation_prompt=True)
+    expected = expected["input_ids"] if isinstance(expected, Mapping) else expected
+    assert ids == list(expected)
+    assert ids[:2] != [tok.bos_token_id] * 2  # SmolLM's BOS is <|im_start|>: once per message, never doubled
