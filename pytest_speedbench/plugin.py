@@ -151,8 +151,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if case is not None and report.failed and report.when in ("setup", "call"):
         session = item.config.stash.get(SESSION_KEY, None)
         if session is not None and not session.has_entry(item.nodeid):
-            session.record_error(case, item.nodeid, item.name, str(report.longrepr).strip().splitlines()[-1])
+            session.record_error(case, item.nodeid, item.name, _failure_reason(call, report))
     return report
+
+
+def _failure_reason(call: pytest.CallInfo[None], report: pytest.TestReport) -> str:
+    """The exception's own message (with an engine's log tail), not the traceback's last line."""
+    if call.excinfo is not None:
+        return f"{call.excinfo.typename}: {call.excinfo.value}".strip()
+    return str(report.longrepr).strip().splitlines()[-1]
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
