@@ -77,9 +77,6 @@ def _fill(template: str, **fields: str) -> str:
 
 # -- offline resolvers -------------------------------------------------------------------------
 
-Resolver = Callable[[Mapping[str, Any], str], list[str]]
-
-
 def _mtbench_questions() -> dict[str, list[str]]:
     from .loaders import mtbench_question_file
 
