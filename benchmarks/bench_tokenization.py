@@ -10,7 +10,8 @@ Python standard library's sources, so every prompt must be cut to its bucket, th
 - cached: the same encode again from the disk cache;
 - raw tiktoken: `encode_ordinary_batch` of the input texts;
 - raw tokenizer: the target tokenizer's batch encode of the bucketed texts, no template.
-The ratio is (raw tiktoken + raw tokenizer time) / pipeline time; the goal is >= 0.8. Peak RSS
+The ratio is (raw tiktoken + raw tokenizer time) / pipeline time, best of --repeats
+alternating runs of each phase; the goal is >= 0.8. Peak RSS
 is the process's high-water mark after the pipeline phase (run first), minus the mark before it.
 Not collected by pytest (name bench_*.py); prints the figures.
 """
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=1536)
     ap.add_argument("--tokens", type=int, default=32000)
     ap.add_argument("--tokenizer", default=None, help="target tokenizer (default: the bundled SmolLM2)")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating repeats; best time of each phase")
     ap.add_argument("--exact", action="store_true", help="inputs already exact (published-dataset case)")
     args = ap.parse_args(argv)
 
@@ -94,19 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"setup {time.perf_counter() - t0:.1f}s; {len(prompts)} prompts x {args.tokens} o200k tokens, "
           f"tokenizer {getattr(tok, 'name_or_path', type(tok).__name__)}, cores {os.cpu_count()}")
 
-    with tempfile.TemporaryDirectory() as cache:
-        rss_before = maxrss_mib()
-        bucketed, t_bucket = timed(bucket_prompts, prompts, args.tokens)
-        encoder = PromptEncoder(tok, cache_dir=cache)
-        ids, t_encode = timed(encoder.encode_first_turns, bucketed)
-        rss_after = maxrss_mib()
-        t_pipeline = t_bucket + t_encode
-        target_tokens = sum(map(len, ids))
-        del ids
-        _, t_cached = timed(PromptEncoder(tok, cache_dir=cache).encode_first_turns, bucketed)
-
-    counts = count_tokens_batch(p.turns[0] for p in bucketed)
-    exact = all(c == args.tokens for c in counts)
+    def pipeline(cache: str) -> tuple[list[Prompt], int, float, float]:
+        bucketed, t_b = timed(bucket_prompts, prompts, args.tokens)
+        ids, t_e = timed(PromptEncoder(tok, cache_dir=cache).encode_first_turns, bucketed)
+        return bucketed, sum(map(len, ids)), t_b, t_e
 
     def raw_tiktoken() -> int:
         n = 0
@@ -114,16 +107,33 @@ def main(argv: list[str] | None = None) -> int:
             n += sum(map(len, enc.encode_ordinary_batch([p.turns[0] for p in prompts[s:s + 64]])))
         return n
 
-    def raw_tokenizer() -> int:
+    def raw_tokenizer(texts: list[str]) -> int:
         n, backend = 0, tok.backend_tokenizer
-        for s in range(0, len(bucketed), 64):
-            n += sum(len(e.ids) for e in backend.encode_batch_fast(
-                [p.turns[0] for p in bucketed[s:s + 64]], add_special_tokens=False))
+        for s in range(0, len(texts), 64):
+            n += sum(len(e.ids) for e in backend.encode_batch_fast(texts[s:s + 64], add_special_tokens=False))
         return n
 
-    o200k_in, t_tiktoken = timed(raw_tiktoken)
-    raw_target, t_tok = timed(raw_tokenizer)
-    t_raw = t_tiktoken + t_tok
+    # Phases alternate and each keeps its best time: the machine is shared, so a slow phase
+    # usually means a neighbour, not the code. The first pipeline run goes first for peak RSS.
+    best: dict[str, float] = {}
+    rss_before = rss_after = 0.0
+    for rep in range(args.repeats):
+        with tempfile.TemporaryDirectory() as cache:
+            rss_before = rss_before or maxrss_mib()
+            bucketed, target_tokens, t_b, t_e = pipeline(cache)
+            rss_after = rss_after or maxrss_mib()
+            _, t_c = timed(PromptEncoder(tok, cache_dir=cache).encode_first_turns, bucketed)
+        texts = [p.turns[0] for p in bucketed]
+        o200k_in, t_tk = timed(raw_tiktoken)
+        raw_target, t_tok = timed(raw_tokenizer, texts)
+        for key, value in (("bucket", t_b), ("encode", t_e), ("pipeline", t_b + t_e), ("cached", t_c),
+                           ("tiktoken", t_tk), ("tokenizer", t_tok), ("raw", t_tk + t_tok)):
+            best[key] = min(best.get(key, value), value)
+        print(f"  rep {rep}: pipeline {t_b + t_e:.2f} s, raw {t_tk + t_tok:.2f} s")
+    counts = count_tokens_batch(texts)
+    exact = all(c == args.tokens for c in counts)
+    t_bucket, t_encode, t_pipeline, t_cached = best["bucket"], best["encode"], best["pipeline"], best["cached"]
+    t_tiktoken, t_tok, t_raw = best["tiktoken"], best["tokenizer"], best["raw"]
 
     def rate(n: float, t: float) -> str:
         return f"{n / t / 1e6:6.2f} M tok/s ({t:6.2f} s)"
