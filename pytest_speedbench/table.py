@@ -50,14 +50,54 @@ def row_for(entry: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+#: how each check outcome is labelled in the gate lines, worst first
+_OUTCOME_LABELS = {"fail": "FAIL", "noise": "noise", "skip": "skip"}
+
+
+def _label(check: dict[str, Any]) -> str:
+    """A passed check in a few words: the rule text names its metric; a threshold's does not."""
+    rule = str(check.get("rule"))
+    return rule if check.get("kind") == "rule" else f"{check.get('metric')} {rule}"
+
+
+def gate_lines(entry: dict[str, Any]) -> list[str]:
+    """Every gate result of one case, concisely: a head line with counts, then a line per check
+    that did not simply pass (failures first), then any reason no check explains (failed
+    requests, errors). Passed checks are counted and named by their rule, not spelled out.
+
+    Entries without `checks` (errors recorded before measuring, older results) fall back to
+    their reasons. A case with no gate configured at all gives no lines.
+    """
+    name = entry.get("param") or entry.get("name", "?")
+    gate = entry.get("extra_info", {}).get("gate") or {}
+    checks = [c for c in gate.get("checks") or [] if isinstance(c, dict)]
+    reasons = [str(r) for r in gate.get("reasons") or []]
+    if not checks and not reasons:
+        return []
+    counts = {o: sum(1 for c in checks if c.get("outcome") == o) for o in ("fail", "pass", "noise", "skip")}
+    words = {"fail": "failed", "pass": "passed", "noise": "within noise", "skip": "not checked"}
+    parts = [f"{n} {words[o]}" for o, n in counts.items() if n]
+    passed = [_label(c) for c in checks if c.get("outcome") == "pass"]
+    head = f"  {name}: {gate.get('verdict', '-')}"
+    if parts:
+        head += " (" + ", ".join(parts) + ")"
+    if passed:
+        head += "; passed: " + ", ".join(dict.fromkeys(passed))
+    lines = [head]
+    for outcome, label in _OUTCOME_LABELS.items():
+        lines += [f"    {label}: {c.get('message')}" for c in checks if c.get("outcome") == outcome]
+    explained = {str(c.get("message")) for c in checks}
+    lines += [f"    {'FAIL' if gate.get('verdict') == 'fail' else 'note'}: {r}" for r in reasons if r not in explained]
+    return lines
+
+
 def render(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """Lines of the summary table (header, rule, one row per entry, then gate reasons)."""
+    """Lines of the summary table: header, rule, one row per entry, then every gate result."""
     rows = [COLUMNS] + [row_for(e) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    for entry in entries:
-        gate = entry.get("extra_info", {}).get("gate") or {}
-        for reason in gate.get("reasons", []):
-            lines.append(f"  {entry.get('param') or entry.get('name')}: {gate.get('verdict')}: {reason}")
+    gates = [line for entry in entries for line in gate_lines(entry)]
+    if gates:
+        lines += ["gates:", *gates]
     return lines
