@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import urllib.request
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,11 +95,16 @@ def fake_sglang(tmp_path: Path) -> Iterator[Callable[..., FakeServer]]:
         servers.append(server)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            # urllib, not httpx: pytester's in-process runs reset sys.modules, which breaks
+            # httpx's exception mapping for modules imported inside those runs.
             try:
-                if httpx.get(server.url + "/health", timeout=0.5).status_code == 200:
-                    return server
-            except httpx.HTTPError:
+                with urllib.request.urlopen(server.url + "/health", timeout=0.5) as resp:
+                    if resp.status == 200:
+                        return server
+            except OSError:
                 time.sleep(0.05)
+            if proc.poll() is not None:
+                raise RuntimeError(f"fake SGLang server exited with code {proc.returncode}")
         raise RuntimeError("fake SGLang server did not start")
 
     yield start
