@@ -185,13 +185,3 @@ def _cut_and_fill(ids: list[int], target: int, enc: tiktoken.Encoding) -> str:
         if len(enc.encode_ordinary(out)) == target:
             return out
     raise ValueError(f"could not cut text to exactly {target} o200k_base tokens")
-
-
-def bucket_text(text: str, target: int, enc: tiktoken.Encoding | None = None) -> str:
-    """Alias of `pad_or_truncate` that also asserts the result (cheap insurance for callers)."""
-    enc = enc or o200k()
-    out = pad_or_truncate(text, target, enc)
-    got = count_tokens(out, enc)
-    if got != target:  # pragma: no cover - pad_or_truncate verifies already
-        raise ValueError(f"bucketed prompt has {got} o200k_base tokens, expected {target}")
-    return out
