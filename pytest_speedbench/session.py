@@ -39,9 +39,7 @@ class CaseResult:
     def junit_properties(self) -> list[tuple[str, str]]:
         from .gates import junit_properties
 
-        props = junit_properties(self.extra_info)
-        props.append(("speedbench.verdict", self.extra_info.get("gate", {}).get("verdict", "-")))
-        return props
+        return junit_properties(self.extra_info)
 
     def check(self) -> None:
         """Fail the calling test with every reason (gate breaks, failed requests)."""
@@ -235,7 +233,7 @@ class SpeedbenchSession:
         failures = self.request_failures(run) + [c.message for c in verdict.checks if c.failed]
         gate = verdict.as_dict()
         if failures and gate["verdict"] != "fail":
-            gate = {"verdict": "fail", "reasons": failures + gate["reasons"]}
+            gate = {**gate, "verdict": "fail", "reasons": failures + gate["reasons"]}
         extra["gate"] = gate
         e2e = [metrics.request_e2e(r) for r in run.measured if r.ok]
         entry = self._entry(case, nodeid, name, [v for v in e2e if v is not None], extra)
