@@ -77,13 +77,6 @@ class LoadSpec:
             raise SpeedbenchError(f"SPEEDBENCH_CLIENT_SHARDS={raw!r}: expected a positive integer or 'auto'") from None
 
 
-@dataclass
-class _Sender:
-    """Turns a token-id prompt into a RequestRecord for one engine kind."""
-
-    send: Callable[[Sequence[int], SamplingParams, RequestRecord], Any]
-
-
 def sampling_for(spec: LoadSpec, index: int) -> SamplingParams:
     seed = spec.seed + index if spec.temperature > 0 else None
     return SamplingParams(spec.temperature, spec.max_new_tokens, spec.ignore_eos, seed)
