@@ -39,8 +39,10 @@ class WorkloadCache:
             from .data import load_prompts
 
             s = self.settings
+            # --category names qualitative categories; throughput configs group by entropy level.
+            categories = s.category if dataset_config == "qualitative" else ()
             prompts = load_prompts(
-                s.dataset, dataset_config, categories=s.category, num_prompts=s.num_prompts, seed=s.seed
+                s.dataset, dataset_config, categories=categories, num_prompts=s.num_prompts, seed=s.seed
             )
             first_ids = self.encoder.encode_first_turns(prompts)
             self._items[dataset_config] = [
