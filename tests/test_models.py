@@ -138,3 +138,18 @@ def test_conversion_is_cached_and_reused(monkeypatch: pytest.MonkeyPatch) -> Non
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     assert ids[0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+
+def test_model_info_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pytest_speedbench.cli import main
+
+    folder = tmp_path / "local-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert main(["model", "info", "--json", str(folder)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"name": "local-model", "gguf": None, "hf_dir": str(folder.resolve()), "converted": True}
+    assert main(["model", "info", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
