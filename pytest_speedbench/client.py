@@ -373,4 +373,29 @@ def asyncio_run(coro: Any) -> Any:
     except ImportError:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+        return _run_reraising_signal_errors(runner, coro)
+
+
+def _run_reraising_signal_errors(runner: asyncio.Runner, coro: Any) -> Any:
+    """uvloop logs and swallows an exception raised by a Python signal handler (pytest-timeout's
+    signal method raises one on SIGALRM), so a hung request would never be interrupted. Such an
+    exception that is not an ordinary Exception (pytest outcomes) stops the run and is re-raised."""
+    loop = runner.get_loop()
+    task = loop.create_task(coro)
+    fatal: list[BaseException] = []
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+            fatal.append(exc)
+            task.cancel()
+            return
+        lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if fatal:
+            raise fatal[0] from None
+        raise
