@@ -169,3 +169,21 @@ def test_signal_mid_run_keeps_measured_results_and_leaves_no_process(signum, pyt
         except OSError:
             continue
     assert leftovers == [], leftovers
+
+
+def test_pytest_timeout_inside_a_case_is_recorded_and_the_session_goes_on(suite, fake_sglang, pytester):
+    """pytest-timeout (signal method) fires during a hung request whose own timeout is longer."""
+    # import the tokenizer stack first, so the timeout cannot fire inside a slow torch import
+    # (that leaves torch half-imported for the rest of the session)
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+
+    server = fake_sglang("--fault", "hang", "--fault-request", "0", "--step-ms", "1")
+    out = pytester.path / "out.json"
+    result = suite(f"--server-url={server.url}", "--drafter=eagle3", f"--speedbench-json={out}",
+                   "--request-timeout=60", "--timeout=4", "--timeout-method=signal", "-W", "ignore")
+    result.assert_outcomes(passed=1, errors=1)
+    assert "Timeout (>4.0s) from pytest-timeout" in result.stdout.str()
+    recorded = entries(out)
+    gate = recorded[case_id("eagle3", 1)]["extra_info"]["gate"]
+    assert gate["verdict"] == "fail" and "Timeout (>4.0s) from pytest-timeout" in " ".join(gate["reasons"])
+    assert recorded[case_id("eagle3", 2)]["extra_info"]["gate"]["verdict"] != "fail"
