@@ -102,7 +102,10 @@ async def run_all(engine: LlamaCppEngine, reqs: list[Req], sampling: SamplingPar
     for r in reqs:
         queue.put_nowait(r)
     t0 = time.perf_counter()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+    # llama-server closes the connection after a streamed response: reusing it from the
+    # pool fails with ServerDisconnectedError, so every stream gets a fresh connection
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=600)) as session:
 
         async def worker() -> None:
             while not queue.empty():
