@@ -76,6 +76,7 @@ def expand(
     batch_sizes: Sequence[int],
     temperatures: Sequence[float],
     batch_sizes_for: dict[str, Sequence[int]] | None = None,
+    buckets_explicit: bool = False,
 ) -> Matrix:
     """Every sensible combination, ordered so each engine instance's cases are contiguous
     and the drafter=none instance of an engine comes before its SD instances (so measured
@@ -101,7 +102,7 @@ def expand(
                     for bs in batch_sizes_for.get(engine, batch_sizes):
                         for t in temperatures:
                             cases.append(Case(engine, drafter, split, bucket, bs, t))
-    if "qualitative" in splits and buckets and "throughput" not in splits:
+    if buckets_explicit and "throughput" not in splits:
         dropped.append("buckets apply to the throughput split only; the qualitative split has none")
     return Matrix(tuple(dict.fromkeys(cases)), tuple(dict.fromkeys(dropped)))
 

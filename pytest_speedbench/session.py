@@ -64,6 +64,7 @@ def build_matrix(settings: Settings) -> Matrix:
         settings.batch_size,
         settings.temperature,
         {e: settings.batch_sizes_for(e) for e in engines},
+        buckets_explicit="bucket" in settings.explicit,
     )
 
 

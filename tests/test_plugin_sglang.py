@@ -171,3 +171,12 @@ def test_yaml_sets_values_and_cli_wins(suite, pytester: pytest.Pytester):
     result = suite("--batch-size=3", "--collect-only", "-q")
     ids = [line for line in result.outlines if "test_speculative_decoding[" in line]
     assert len(ids) == 2 and all("-bs3-" in line for line in ids)
+
+
+def test_bucket_with_qualitative_split_is_explained_only_when_asked(suite, pytester: pytest.Pytester):
+    url = "--server-url=http://127.0.0.1:1"
+    asked = suite("--engine=sglang", "--drafter=eagle3", url, "--bucket=1k", "--collect-only", "-q")
+    asked.stdout.fnmatch_lines(["*not generated: buckets apply to the throughput split only*"])
+    assert any("sglang-eagle3-qualitative-bs1-t0" in line for line in asked.outlines)
+    default = suite("--engine=sglang", "--drafter=eagle3", url, "--collect-only", "-q")
+    assert not any("not generated" in line for line in default.outlines)
