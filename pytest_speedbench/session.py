@@ -6,6 +6,7 @@ lives here or below.
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -102,6 +103,18 @@ class SpeedbenchSession:
         self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
         self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.engine_info})
         self._init_gates()
+        self.preflight()
+
+    def preflight(self) -> None:
+        """Catch bad paths before any engine starts: a nightly job should stop at second 0."""
+        from .data.loaders import check_dataset
+
+        check_dataset(self.settings.dataset)
+        tokenizer = self.settings.tokenizer
+        if tokenizer and tokenizer.startswith(("/", ".", "~")) and not Path(tokenizer).expanduser().exists():
+            raise UsageError(f"--tokenizer: {tokenizer} does not exist (give a tokenizer or model folder, "
+                             "a GGUF file, or a hub id)")
+        self.book.check_writable()
 
     def _init_gates(self) -> None:
         from .gates import parse_thresholds, rules_from_settings
@@ -302,6 +315,20 @@ class ResultsBook:
         self.enabled = True  # False on xdist workers: the controller writes the one file
         self._machine: dict[str, Any] | None = None
         self._commit: dict[str, Any] | None = None
+
+    def check_writable(self) -> None:
+        """Fail early when a results folder cannot be created or written."""
+        folders = [self._json_path.parent] if self._json_path is not None else []
+        if self.settings.autosave:
+            folders.append(self.storage.folder)
+        for folder in folders:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".speedbench-write-check-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise UsageError(f"cannot write results to {folder}: {exc}") from None
 
     def add(self, entry: dict[str, Any]) -> None:
         self.entries[entry["fullname"]] = entry

@@ -82,10 +82,17 @@ def assert_every_case_failed_with(result: pytest.RunResult, out: Path, message: 
         assert gate["verdict"] == "fail" and message in " ".join(gate["reasons"]), gate
 
 
+def assert_usage_error_before_any_case(result: pytest.RunResult, out: Path, message: str) -> None:
+    """Bad paths stop the session up front: no engine is touched, no case runs, nothing is written."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.outlines
+    assert message in result.stderr.str()
+    assert not out.exists()
+
+
 def test_missing_dataset(suite, pytester):
     missing = pytester.path / "no-such-prompts.jsonl"
     result, out = suite(dataset=missing)
-    assert_every_case_failed_with(result, out, f"dataset '{missing}' is not a file or directory; valid forms:")
+    assert_usage_error_before_any_case(result, out, f"dataset '{missing}' is not a file or directory; valid forms:")
 
 
 def test_placeholder_rows_are_refused_with_the_fix(suite, pytester):
@@ -103,16 +110,14 @@ def test_placeholder_rows_are_refused_with_the_fix(suite, pytester):
 def test_missing_tokenizer(suite, pytester):
     missing = pytester.path / "no-such-tokenizer"
     result, out = suite(tokenizer=missing)
-    assert_every_case_failed_with(result, out, str(missing))
+    assert_usage_error_before_any_case(result, out, f"--tokenizer: {missing} does not exist")
 
 
 def test_results_folder_not_writable(suite, pytester):
     blocker = pytester.path / "not-a-folder"
     blocker.write_text("a file where the results folder should be\n")
-    result, _ = suite(out=blocker / "out.json")
-    outcomes = result.parseoutcomes()
-    assert outcomes.get("failed", 0) + outcomes.get("errors", 0) == 2 and "passed" not in outcomes, outcomes
-    assert f"cannot write results to {blocker / 'out.json'}: [Errno 20] Not a directory" in result.stdout.str()
+    result, out = suite(out=blocker / "out.json")
+    assert_usage_error_before_any_case(result, out, f"cannot write results to {blocker}: [Errno 17] File exists")
     assert blocker.read_text() == "a file where the results folder should be\n"
 
 

@@ -190,6 +190,21 @@ def _read_prepared(root: Path, config: str) -> list[Row]:
     return [row for f in files for row in read_file(f)]
 
 
+def check_dataset(dataset: str) -> None:
+    """Cheap up-front check of a dataset spec's form and path (no rows read), so a typo stops
+    the session before any engine starts."""
+    if dataset in ("bundled", "hf", "mtbench") or dataset.startswith(("hf:",)):
+        return
+    if dataset.startswith(("mtbench:", "specbench:")):
+        path = Path(dataset.partition(":")[2])
+        if not path.is_file():
+            raise UsageError(f"{dataset}: no such file {path}")
+        return
+    if not Path(dataset).exists():
+        raise UsageError(f"dataset {dataset!r} is not a file or directory; valid forms: "
+                         + ", ".join(DATASET_KINDS))
+
+
 def read_rows(dataset: str, config: str) -> list[Row]:
     """Raw rows of one config of a dataset spec, placeholders included."""
     check_config(config)
