@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import orjson
+
+from ..errors import RequestError
 from ..records import Counters
 
 
@@ -64,6 +67,28 @@ class ParsedEvent:
     new_token_ids: list[int]
     finished: bool = False
     counters: Counters | None = None
+
+
+def decode_event(data: bytes, engine: str) -> dict[str, Any] | None:
+    """One SSE payload as a JSON object; None for `[DONE]`; RequestError naming the engine
+    and quoting the payload for anything else."""
+    if data == b"[DONE]":
+        return None
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"malformed {engine} event JSON ({exc}): {data[:120]!r}") from None
+    if not isinstance(event, dict):
+        raise RequestError(f"unexpected {engine} event (not an object): {data[:120]!r}")
+    return event
+
+
+def raise_openai_error(event: dict[str, Any], engine: str) -> None:
+    """OpenAI-compatible servers (vLLM, TensorRT-LLM) report errors as an `error` object."""
+    if "error" in event or event.get("object") == "error":
+        err = event.get("error", event)
+        message = err.get("message", err) if isinstance(err, dict) else err
+        raise RequestError(f"{engine} reported an error: {message}")
 
 
 class StreamParser(Protocol):

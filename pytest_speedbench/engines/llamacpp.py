@@ -31,7 +31,7 @@ import orjson
 from ..errors import EngineError, RequestError, UsageError
 from ..llama_build import BuildLayout, cache_root, find_llama_server
 from ..records import Counters
-from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams
+from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams, decode_event
 
 #: neutral drafter -> llama-server --spec-type
 SPEC_TYPES = {"ngram": "ngram-simple", "draft": "draft-simple"}
@@ -189,14 +189,9 @@ class LlamaCppParser:
         self.n_tokens = 0
 
     def parse(self, data: bytes) -> ParsedEvent | None:
-        if data == b"[DONE]":
+        event = decode_event(data, "llama-server")
+        if event is None:
             return None
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(f"malformed llama-server event JSON ({exc}): {data[:120]!r}") from None
-        if not isinstance(event, dict):
-            raise RequestError(f"unexpected llama-server event (not an object): {data[:120]!r}")
         if "error" in event:
             err = event["error"]
             msg = err.get("message", err) if isinstance(err, dict) else err

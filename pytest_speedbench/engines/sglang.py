@@ -45,7 +45,7 @@ import orjson
 
 from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
 from ..records import Counters
-from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams
+from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams, decode_event
 from .lifecycle import free_port, launch_and_wait, override_command
 
 # Spellings of the same counter across SGLang versions, newest first.
@@ -206,14 +206,9 @@ class SGLangParser:
         self.incremental = incremental
 
     def parse(self, data: bytes) -> ParsedEvent | None:
-        if data == b"[DONE]":
+        event = decode_event(data, "SGLang")
+        if event is None:
             return None
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(f"malformed SGLang event JSON ({exc}): {data[:120]!r}") from None
-        if not isinstance(event, dict):
-            raise RequestError(f"unexpected SGLang event (not an object): {data[:120]!r}")
         if "error" in event and "output_ids" not in event:
             raise RequestError(f"SGLang reported an error: {event['error']}")
         ids = event.get("output_ids") or []

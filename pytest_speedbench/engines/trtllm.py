@@ -55,7 +55,15 @@ import yaml
 
 from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
 from ..records import Counters
-from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams
+from .base import (
+    EngineConfig,
+    HttpEngine,
+    HttpRequest,
+    ParsedEvent,
+    SamplingParams,
+    decode_event,
+    raise_openai_error,
+)
 from .lifecycle import free_port, launch_and_wait, override_command
 
 ENV_COMMAND = "SPEEDBENCH_TRTLLM_CMD"
@@ -159,18 +167,10 @@ class TRTLLMParser:
         self.usage: dict[str, Any] | None = None
 
     def parse(self, data: bytes) -> ParsedEvent | None:
-        if data == b"[DONE]":
+        event = decode_event(data, "TensorRT-LLM")
+        if event is None:
             return None
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise RequestError(f"malformed TensorRT-LLM event JSON ({exc}): {data[:120]!r}") from None
-        if not isinstance(event, dict):
-            raise RequestError(f"unexpected TensorRT-LLM event (not an object): {data[:120]!r}")
-        if "error" in event or event.get("object") == "error":
-            err = event.get("error", event)
-            message = err.get("message", err) if isinstance(err, dict) else err
-            raise RequestError(f"TensorRT-LLM reported an error: {message}")
+        raise_openai_error(event, "TensorRT-LLM")
         if event.get("usage"):
             self.usage = event["usage"]
         choices = event.get("choices") or []
