@@ -141,12 +141,7 @@ class _SSEProtocol(asyncio.Protocol):
             elif state == _CHUNK_DATA:
                 if not buf:
                     return
-                n = min(self._remaining, len(buf))
-                piece = bytes(buf[:n])
-                del buf[:n]
-                self._remaining -= n
-                self._body(piece, t)
-                if self._remaining == 0:
+                if self._take_body(buf, t):
                     self._state = _CHUNK_CRLF
             elif state == _CHUNK_CRLF:
                 if len(buf) < 2:
@@ -169,12 +164,7 @@ class _SSEProtocol(asyncio.Protocol):
             elif state == _LENGTH:
                 if not buf:
                     return
-                n = min(self._remaining, len(buf))
-                piece = bytes(buf[:n])
-                del buf[:n]
-                self._remaining -= n
-                self._body(piece, t)
-                if self._remaining == 0:
+                if self._take_body(buf, t):
                     self._flush_line(t)
                     self._finish()
                     return
@@ -265,6 +255,15 @@ class _SSEProtocol(asyncio.Protocol):
         ex = self.exchange
         if ex is not None and not ex.future.done():
             ex.future.set_result(None)
+
+    def _take_body(self, buf: bytearray, t: float) -> bool:
+        """Feed up to `_remaining` body bytes to the SSE parser; True once none remain."""
+        n = min(self._remaining, len(buf))
+        piece = bytes(buf[:n])
+        del buf[:n]
+        self._remaining -= n
+        self._body(piece, t)
+        return self._remaining == 0
 
     def _fail_protocol(self, message: str) -> None:
         self.keep_alive = False
