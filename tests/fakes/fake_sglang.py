@@ -24,6 +24,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fake_engine_faults import draw_steps  # noqa: E402  (one acceptance process for every fake)
+
 FAULTS = ("none", "crash_midstream", "hang", "http500", "malformed", "no_done", "backwards", "no_counters")
 
 
@@ -49,22 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def old_counter_names(version: str) -> bool:
     parts = tuple(int(x) for x in version.split(".")[:3] if x.isdigit())
     return parts < (0, 5, 10)
-
-
-def draw_steps(rng: random.Random, accept: list[float], budget: int) -> list[int]:
-    """Sizes (1 + accepted drafts) of the verification steps after the prefill token."""
-    sizes = []
-    while budget > 0:
-        accepted = 0
-        for p in accept:
-            if rng.random() < p:
-                accepted += 1
-            else:
-                break
-        size = min(1 + accepted, budget)
-        sizes.append(size)
-        budget -= size
-    return sizes
 
 
 class FakeSGLang:
