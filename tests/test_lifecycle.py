@@ -219,3 +219,15 @@ def test_stop_waits_for_gpu_release(tmp_path, monkeypatch):
     assert state.read_text().strip() == "0, 150"
     releaser.wait(timeout=5)
     assert os.path.exists(tmp_path / "g.log")
+
+
+def test_exit_is_noticed_while_a_probe_hangs(tmp_path):
+    """A port held by a listener that never answers must not hide an engine that died."""
+    server = ServerProcess([sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(3)"],
+                           log_path=tmp_path / "hung-probe.log", name="hung-probe")
+    server.start()
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match="exited with code 3 during startup"):
+        server.wait_ready(lambda: time.sleep(30) or True, timeout_s=60)
+    assert time.monotonic() - t0 < 5
+    server.stop()

@@ -238,17 +238,9 @@ class ServerProcess:
         t0 = time.monotonic()
         deadline = t0 + timeout_s
         while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise EngineError(
-                    f"{self.name} exited with code {code} during startup (log: {self.log_path})",
-                    log_tail=self.log_tail(),
-                )
-            try:
-                if probe():
-                    return time.monotonic() - t0
-            except Exception:
-                pass
+            self._raise_if_exited()
+            if self._probe_while_watching(probe, deadline, interval_s):
+                return time.monotonic() - t0
             if time.monotonic() >= deadline:
                 raise EngineError(
                     f"{self.name} was not ready after the {timeout_s:g} s readiness timeout "
@@ -257,6 +249,37 @@ class ServerProcess:
                 )
             # sleep in small slices so an early exit is noticed quickly
             self._wait_exit(min(interval_s, max(0.0, deadline - time.monotonic())))
+
+    def _raise_if_exited(self) -> None:
+        assert self._proc is not None
+        code = self._proc.poll()
+        if code is not None:
+            raise EngineError(
+                f"{self.name} exited with code {code} during startup (log: {self.log_path})",
+                log_tail=self.log_tail(),
+            )
+
+    def _probe_while_watching(self, probe: Callable[[], bool], deadline: float, interval_s: float) -> bool:
+        """Run one probe in a daemon thread while watching the process: a probe stuck on a
+        port that accepts but never answers must not hide an engine that already died."""
+        outcome: list[bool] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append(bool(probe()))
+            except Exception:
+                outcome.append(False)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"{self.name}-ready-probe", daemon=True).start()
+        while not done.wait(0):
+            self._raise_if_exited()
+            if time.monotonic() >= deadline:
+                return False
+            self._wait_exit(interval_s)
+        return outcome[0]
 
     def _wait_exit(self, seconds: float) -> None:
         assert self._proc is not None
