@@ -91,6 +91,39 @@ def raise_openai_error(event: dict[str, Any], engine: str) -> None:
         raise RequestError(f"{engine} reported an error: {message}")
 
 
+class OpenAICompletionStream:
+    """What /v1/completions streams share (vLLM, TensorRT-LLM): errors, usage, token ids.
+
+    Subclasses turn `(choice, ids)` into a ParsedEvent; `choice` is {} for a usage-only chunk.
+    """
+
+    __slots__ = ("usage",)
+    engine: ClassVar[str] = "OpenAI-compatible server"
+    #: why a chunk could carry text but no token ids, for the error message
+    missing_ids_hint: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] | None = None
+
+    def choice_and_ids(self, data: bytes) -> tuple[dict[str, Any], list[int]] | None:
+        event = decode_event(data, self.engine)
+        if event is None:
+            return None
+        raise_openai_error(event, self.engine)
+        if event.get("usage"):
+            self.usage = event["usage"]
+        choices = event.get("choices") or []
+        if not choices:
+            return ({}, []) if self.usage is not None else None
+        choice = choices[0]
+        ids = choice.get("token_ids")
+        if ids is None:
+            if choice.get("text"):
+                raise RequestError(f"{self.engine} sent text without token_ids: {self.missing_ids_hint}")
+            ids = []
+        return choice, list(ids)
+
+
 class StreamParser(Protocol):
     """Per-request parser state (cumulative vs incremental ids, final counters)."""
 

@@ -53,16 +53,15 @@ from typing import Any
 import orjson
 import yaml
 
-from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
+from ..errors import EngineError, EngineNotInstalled, UsageError
 from ..records import Counters
 from .base import (
     EngineConfig,
     HttpEngine,
     HttpRequest,
+    OpenAICompletionStream,
     ParsedEvent,
     SamplingParams,
-    decode_event,
-    raise_openai_error,
 )
 from .lifecycle import free_port, launch_and_wait, override_command
 
@@ -152,36 +151,29 @@ def counters_from_avg(
     return counters
 
 
-class TRTLLMParser:
+class TRTLLMParser(OpenAICompletionStream):
     """One stream: ids from `token_ids`, AL counters from the first and last averages."""
 
-    __slots__ = ("speculative", "draft_length", "first_tokens", "first_avg", "total", "last_avg", "usage")
+    __slots__ = ("speculative", "draft_length", "first_tokens", "first_avg", "total", "last_avg")
+    engine = "TensorRT-LLM"
+    missing_ids_hint = "detokenize: false was not honoured"
 
     def __init__(self, speculative: bool, draft_length: int | None) -> None:
+        super().__init__()
         self.speculative = speculative
         self.draft_length = draft_length
         self.first_tokens = 0
         self.first_avg: float | None = None
         self.total = 0
         self.last_avg: float | None = None
-        self.usage: dict[str, Any] | None = None
 
     def parse(self, data: bytes) -> ParsedEvent | None:
-        event = decode_event(data, "TensorRT-LLM")
-        if event is None:
+        got = self.choice_and_ids(data)
+        if got is None:
             return None
-        raise_openai_error(event, "TensorRT-LLM")
-        if event.get("usage"):
-            self.usage = event["usage"]
-        choices = event.get("choices") or []
-        if not choices:
-            return ParsedEvent([], False, None) if self.usage is not None else None
-        choice = choices[0]
-        ids = choice.get("token_ids")
-        if ids is None:
-            if choice.get("text"):
-                raise RequestError("TensorRT-LLM sent text without token_ids (detokenize: false was not honoured)")
-            ids = []
+        choice, ids = got
+        if not choice:
+            return ParsedEvent([], False, None)
         avg = choice.get("avg_decoded_tokens_per_iter")
         if ids:
             if self.total == 0:

@@ -45,16 +45,15 @@ from typing import Any
 
 import orjson
 
-from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
+from ..errors import EngineError, EngineNotInstalled, UsageError
 from ..records import Counters
 from .base import (
     EngineConfig,
     HttpEngine,
     HttpRequest,
+    OpenAICompletionStream,
     ParsedEvent,
     SamplingParams,
-    decode_event,
-    raise_openai_error,
 )
 from .lifecycle import free_port, launch_and_wait, override_command
 
@@ -155,34 +154,19 @@ def parse_prometheus(text: str) -> Counters | None:
     return counters
 
 
-class VLLMParser:
+class VLLMParser(OpenAICompletionStream):
     """One /v1/completions stream: new ids from `token_ids`, finish from `finish_reason`."""
 
-    __slots__ = ("usage",)
-
-    def __init__(self) -> None:
-        self.usage: dict[str, Any] | None = None
+    __slots__ = ()
+    engine = "vLLM"
+    missing_ids_hint = "the server ignores return_token_ids (needs vLLM >= 0.10.2)"
 
     def parse(self, data: bytes) -> ParsedEvent | None:
-        event = decode_event(data, "vLLM")
-        if event is None:
+        got = self.choice_and_ids(data)
+        if got is None:
             return None
-        raise_openai_error(event, "vLLM")
-        if event.get("usage"):
-            self.usage = event["usage"]
-        choices = event.get("choices") or []
-        if not choices:
-            return ParsedEvent([], False, None) if self.usage is not None else None
-        choice = choices[0]
-        ids = choice.get("token_ids")
-        if ids is None:
-            if choice.get("text"):
-                raise RequestError(
-                    "vLLM sent text without token_ids: the server ignores return_token_ids "
-                    "(needs vLLM >= 0.10.2)"
-                )
-            ids = []
-        return ParsedEvent(list(ids), choice.get("finish_reason") is not None, None)
+        choice, ids = got
+        return ParsedEvent(ids, choice.get("finish_reason") is not None, None)
 
 
 class VLLMEngine(HttpEngine):
