@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import EngineError
 from . import gpu
+from .base import EngineConfig, HttpEngine
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -385,3 +386,73 @@ def launch_and_wait(
         server.stop(grace_s=5.0)
         raise
     return server, waited
+
+
+class ServerEngine(HttpEngine):
+    """An HTTP engine the suite launches as a server process, or attaches to (`--server-url`).
+
+    Holds what every launched engine shares: the base URL, the process, its argv and readiness
+    time, launching through `launch_and_wait`, teardown, and the launch facts for the results.
+    """
+
+    #: seconds between SIGTERM and SIGKILL at teardown
+    stop_grace_s: float = 20.0
+
+    def __init__(self, config: EngineConfig, workdir: Path) -> None:
+        super().__init__(config, workdir)
+        self.base_url = (config.server_url or "").rstrip("/")
+        self._server: ServerProcess | None = None
+        self._argv: list[str] = []
+        self._ready_s: float | None = None
+        self._version: str | None = None
+
+    def _launch(
+        self,
+        argv: list[str],
+        port: int,
+        *,
+        label: str,
+        probe: Callable[[Any], bool],
+        client_timeout: float,
+        interval_s: float = 0.25,
+        log_name: str | None = None,
+    ) -> None:
+        """Start `argv` (listening on `port`) and wait until `probe(httpx_client)` is true."""
+        import httpx
+
+        self._argv = list(argv)
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with httpx.Client(base_url=self.base_url, timeout=client_timeout) as client:
+            self._server, self._ready_s = launch_and_wait(
+                self._argv,
+                log_path=self.workdir / (log_name or f"{self.name}-{self.config.key}-{port}.log"),
+                name=f"{label}[{self.config.key}]",
+                probe=lambda: probe(client),
+                timeout_s=self.config.ready_timeout_s,
+                env=self.config.option("env"),
+                interval_s=interval_s,
+            )
+
+    def _stop_on_failure(self, step: Callable[[], None]) -> None:
+        """Run a post-start step; a failure there must not leave the server running."""
+        try:
+            step()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace_s=self.stop_grace_s)
+
+    def launch_info(self) -> dict[str, Any]:
+        """How the server was started (None values in attach mode), for the results."""
+        server = self._server
+        return {
+            "launch_command": server.command_line if server is not None else None,
+            "argv": list(self._argv) or None,
+            "log": str(server.log_path) if server is not None else None,
+            "ready_s": self._ready_s,
+            "engine_args": list(self.config.engine_args),
+        }

@@ -31,7 +31,8 @@ import orjson
 from ..errors import EngineError, RequestError, UsageError
 from ..llama_build import BuildLayout, cache_root, find_llama_server
 from ..records import Counters
-from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams, decode_event
+from .base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
+from .lifecycle import ServerEngine, free_port
 
 #: neutral drafter -> llama-server --spec-type
 SPEC_TYPES = {"ngram": "ngram-simple", "draft": "draft-simple"}
@@ -215,27 +216,27 @@ class LlamaCppParser:
 # -- engine ------------------------------------------------------------------------------
 
 
-class LlamaCppEngine(HttpEngine):
+class LlamaCppEngine(ServerEngine):
     name = "llamacpp"
     drafters = ("none", "ngram", "draft")
+    stop_grace_s = 10.0
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
-        self.base_url = (config.server_url or "").rstrip("/")
-        self._server: Any = None
-        self._argv: list[str] = []
         self._props: dict[str, Any] = {}
-        self._version: str | None = None
-        self._ready_s: float | None = None
         self._draft_model: Path | None = None
 
     # -- lifecycle --
     def start(self) -> None:
-        if self.base_url:  # attach mode
-            self._props = self._fetch_props()
-            return
-        from .lifecycle import ServerProcess, free_port
+        if not self.base_url:
+            self._launch_llama_server()
 
+        def fetch() -> None:
+            self._props = self._fetch_props()
+
+        self._stop_on_failure(fetch)
+
+    def _launch_llama_server(self) -> None:
         binary = find_llama_server()
         model = resolve_gguf(self.config.model)
         draft = None
@@ -246,35 +247,15 @@ class LlamaCppEngine(HttpEngine):
         self._draft_model = draft
         port = free_port()
         threads = int(self.config.option("threads", default_threads()))
-        self._argv = build_argv(binary, self.config, model=model, draft_model=draft, port=port, threads=threads)
+        argv = build_argv(binary, self.config, model=model, draft_model=draft, port=port, threads=threads)
         self._version = self._binary_version(binary)
         if binary == BuildLayout(cache_root()).binary:
             # built from the sdist without git metadata, so --version says "build 0"
             self._version = f"{ENGINE_VERSION_HINT}; {self._version}"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._server = ServerProcess(
-            self._argv, log_path=self.workdir / f"llamacpp-{self.config.key}.log", name=f"llama-server[{self.config.key}]"
-        )
-        self.base_url = f"http://127.0.0.1:{port}"
-        self._server.start()
-        import httpx
-
-        try:
-            with httpx.Client(base_url=self.base_url, timeout=2.0) as client:
-                # /health: 503 while the model loads, 200 once the slots take requests
-                self._ready_s = self._server.wait_ready(
-                    lambda: client.get("/health").status_code == 200,
-                    timeout_s=self.config.ready_timeout_s,
-                    interval_s=0.1,
-                )
-            self._props = self._fetch_props()
-        except BaseException:
-            self._server.stop(grace_s=5.0)
-            raise
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace_s=10.0)
+        # /health: 503 while the model loads, 200 once the slots take requests
+        self._launch(argv, port, label="llama-server", client_timeout=2.0, interval_s=0.1,
+                     probe=lambda client: client.get("/health").status_code == 200,
+                     log_name=f"llamacpp-{self.config.key}.log")
 
     def _fetch_props(self) -> dict[str, Any]:
         import httpx
@@ -308,9 +289,7 @@ class LlamaCppEngine(HttpEngine):
         info.update(
             url=self.base_url,
             version=self._version or self._props.get("build_info"),
-            launch_command=self._server.command_line if self._server is not None else None,
-            log=str(self._server.log_path) if self._server is not None else None,
-            ready_s=self._ready_s,
+            **self.launch_info(),
             slots=self._props.get("total_slots"),
             streaming="one token per event: SD counters (timings.draft_n/draft_n_accepted) are authoritative",
         )

@@ -45,8 +45,8 @@ import orjson
 
 from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
 from ..records import Counters
-from .base import EngineConfig, HttpEngine, HttpRequest, ParsedEvent, SamplingParams, decode_event
-from .lifecycle import free_port, launch_and_wait, override_command
+from .base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
+from .lifecycle import ServerEngine, free_port, override_command
 
 # Spellings of the same counter across SGLang versions, newest first.
 ACCEPTED_KEYS = ("spec_num_correct_drafts", "spec_accepted_drafts", "spec_accept_token_num")
@@ -260,17 +260,13 @@ class SGLangParser:
         return new
 
 
-class SGLangEngine(HttpEngine):
+class SGLangEngine(ServerEngine):
     name = "sglang"
     drafters = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
 
     def __init__(self, config: EngineConfig, workdir) -> None:
         super().__init__(config, workdir)
-        self.base_url = (config.server_url or "").rstrip("/")
         self._server_info: dict[str, Any] = {}
-        self._server: Any = None
-        self._argv: list[str] = []
-        self._ready_s: float | None = None
         self._flags_probed: bool | None = None
 
     # -- lifecycle --
@@ -288,39 +284,24 @@ class SGLangEngine(HttpEngine):
 
     def start(self) -> None:
         if not self.base_url:
-            self._launch()
-        try:
+            self._launch_sglang()
+
+        def fetch() -> None:
             self._server_info = self._probe_server_info()
-        except BaseException:
-            self.stop()
-            raise
 
-    def _launch(self) -> None:
-        import httpx
+        self._stop_on_failure(fetch)
 
+    def _launch_sglang(self) -> None:
         command = self._command()
         overridden = override_command(ENV_COMMAND, self.config.option("command")) is not None
         version = None if overridden else installed_version()
         flags = probe_flags(command)
         self._flags_probed = flags is not None
         port = free_port()
-        self._argv = build_argv(self.config, port=port, command=command, flags=flags, version=version)
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = build_argv(self.config, port=port, command=command, flags=flags, version=version)
         # /health_generate runs a one-token generation: give it time to answer
-        with httpx.Client(base_url=self.base_url, timeout=60.0) as client:
-            self._server, self._ready_s = launch_and_wait(
-                self._argv,
-                log_path=self.workdir / f"sglang-{self.config.key}-{port}.log",
-                name=f"sglang[{self.config.key}]",
-                probe=lambda: client.get("/health_generate").status_code == 200,
-                timeout_s=self.config.ready_timeout_s,
-                env=self.config.option("env"),
-            )
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace_s=20.0)
+        self._launch(argv, port, label="sglang", client_timeout=60.0,
+                     probe=lambda client: client.get("/health_generate").status_code == 200)
 
     def _probe_server_info(self) -> dict[str, Any]:
         import httpx
@@ -351,15 +332,7 @@ class SGLangEngine(HttpEngine):
             model=(self._server_info.get("model_info") or {}).get("model_path")
             or self._server_info.get("model_path"),
         )
-        if self._server is not None:
-            info.update(
-                launch_command=self._server.command_line,
-                argv=list(self._argv),
-                log=str(self._server.log_path),
-                ready_s=self._ready_s,
-                flags_probed=self._flags_probed,
-                engine_args=list(self.config.engine_args),
-            )
+        info.update(self.launch_info(), flags_probed=self._flags_probed)
         return info
 
     # -- protocol --

@@ -57,13 +57,12 @@ from ..errors import EngineError, EngineNotInstalled, UsageError
 from ..records import Counters
 from .base import (
     EngineConfig,
-    HttpEngine,
     HttpRequest,
     OpenAICompletionStream,
     ParsedEvent,
     SamplingParams,
 )
-from .lifecycle import free_port, launch_and_wait, override_command
+from .lifecycle import ServerEngine, free_port, override_command
 
 ENV_COMMAND = "SPEEDBENCH_TRTLLM_CMD"
 INSTALL_HINT = (
@@ -190,18 +189,13 @@ class TRTLLMParser(OpenAICompletionStream):
         return ParsedEvent(list(ids), finished, counters)
 
 
-class TRTLLMEngine(HttpEngine):
+class TRTLLMEngine(ServerEngine):
     name = "trtllm"
     drafters = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
-        self.base_url = (config.server_url or "").rstrip("/")
-        self._server: Any = None
-        self._argv: list[str] = []
         self._options: dict[str, Any] | None = None
-        self._ready_s: float | None = None
-        self._version: str | None = None
         self._states: list[str] = []  # x-trtllm-server-state values seen while starting
 
     @classmethod
@@ -224,30 +218,15 @@ class TRTLLMEngine(HttpEngine):
         return r.status_code == 200
 
     def start(self) -> None:
-        import httpx
-
         if not self.base_url:
             port = free_port()
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._options = llm_api_options(self.config)
             options_path = self.workdir / f"trtllm-{self.config.key}-{port}.yaml"
             options_path.write_text(yaml.safe_dump(self._options, sort_keys=False))
-            self._argv = build_argv(self.config, port=port, command=self._command(), options_path=options_path)
-            self.base_url = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=self.base_url, timeout=5.0) as client:
-                self._server, self._ready_s = launch_and_wait(
-                    self._argv,
-                    log_path=self.workdir / f"trtllm-{self.config.key}-{port}.log",
-                    name=f"trtllm-serve[{self.config.key}]",
-                    probe=lambda: self._probe(client),
-                    timeout_s=self.config.ready_timeout_s,
-                    env=self.config.option("env"),
-                )
-        try:
-            self._fetch_version()
-        except BaseException:
-            self.stop()
-            raise
+            argv = build_argv(self.config, port=port, command=self._command(), options_path=options_path)
+            self._launch(argv, port, label="trtllm-serve", probe=self._probe, client_timeout=5.0)
+        self._stop_on_failure(self._fetch_version)
 
     def _fetch_version(self) -> None:
         import httpx
@@ -268,22 +247,14 @@ class TRTLLMEngine(HttpEngine):
                 except metadata.PackageNotFoundError:
                     continue
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace_s=20.0)
-
     def info(self) -> dict[str, Any]:
         info = super().info()
         info.update(
             url=self.base_url,
             version=self._version,
-            launch_command=self._server.command_line if self._server is not None else None,
-            argv=list(self._argv) or None,
+            **self.launch_info(),
             llm_api_options=self._options,
-            log=str(self._server.log_path) if self._server is not None else None,
-            ready_s=self._ready_s,
             startup_states=list(self._states),
-            engine_args=list(self.config.engine_args),
             counters="per request from avg_decoded_tokens_per_iter (first and last chunk)",
         )
         return info

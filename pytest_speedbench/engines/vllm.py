@@ -49,13 +49,12 @@ from ..errors import EngineError, EngineNotInstalled, UsageError
 from ..records import Counters
 from .base import (
     EngineConfig,
-    HttpEngine,
     HttpRequest,
     OpenAICompletionStream,
     ParsedEvent,
     SamplingParams,
 )
-from .lifecycle import free_port, launch_and_wait, override_command
+from .lifecycle import ServerEngine, free_port, override_command
 
 ENV_COMMAND = "SPEEDBENCH_VLLM_CMD"
 INSTALL_HINT = "install it with `pip install vllm` (needs a CUDA GPU), or attach with --server-url"
@@ -169,17 +168,13 @@ class VLLMParser(OpenAICompletionStream):
         return ParsedEvent(ids, choice.get("finish_reason") is not None, None)
 
 
-class VLLMEngine(HttpEngine):
+class VLLMEngine(ServerEngine):
     name = "vllm"
     drafters = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
+    stop_grace_s = 15.0
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
-        self.base_url = (config.server_url or "").rstrip("/")
-        self._server: Any = None
-        self._argv: list[str] = []
-        self._ready_s: float | None = None
-        self._version: str | None = None
         self._model_name: str | None = config.model
 
     # -- installation --
@@ -205,28 +200,12 @@ class VLLMEngine(HttpEngine):
 
     # -- lifecycle --
     def start(self) -> None:
-        import httpx
-
         if not self.base_url:
             port = free_port()
-            self._argv = build_argv(self.config, port=port, command=self._command())
-            self.base_url = f"http://127.0.0.1:{port}"
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            with httpx.Client(base_url=self.base_url, timeout=2.0) as client:
-                # connection refused while the model loads; 200 from /health once serving
-                self._server, self._ready_s = launch_and_wait(
-                    self._argv,
-                    log_path=self.workdir / f"vllm-{self.config.key}-{port}.log",
-                    name=f"vllm[{self.config.key}]",
-                    probe=lambda: client.get("/health").status_code == 200,
-                    timeout_s=self.config.ready_timeout_s,
-                    env=self.config.option("env"),
-                )
-        try:
-            self._fetch_server_info()
-        except BaseException:
-            self.stop()
-            raise
+            # connection refused while the model loads; 200 from /health once serving
+            self._launch(build_argv(self.config, port=port, command=self._command()), port, label="vllm",
+                         probe=lambda client: client.get("/health").status_code == 200, client_timeout=2.0)
+        self._stop_on_failure(self._fetch_server_info)
 
     def _fetch_server_info(self) -> None:
         import httpx
@@ -249,21 +228,13 @@ class VLLMEngine(HttpEngine):
             except metadata.PackageNotFoundError:
                 pass
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop(grace_s=15.0)
-
     def info(self) -> dict[str, Any]:
         info = super().info()
         info.update(
             url=self.base_url,
             version=self._version,
             model=self._model_name,
-            launch_command=self._server.command_line if self._server is not None else None,
-            argv=list(self._argv) or None,
-            log=str(self._server.log_path) if self._server is not None else None,
-            ready_s=self._ready_s,
-            engine_args=list(self.config.engine_args),
+            **self.launch_info(),
             speculative_config=speculative_config(self.config) if not self.config.server_url else None,
             counters="Prometheus /metrics deltas around the measured window",
         )
