@@ -180,3 +180,30 @@ def test_bucket_with_qualitative_split_is_explained_only_when_asked(suite, pytes
     assert any("sglang-eagle3-qualitative-bs1-t0" in line for line in asked.outlines)
     default = suite("--engine=sglang", "--drafter=eagle3", url, "--collect-only", "-q")
     assert not any("not generated" in line for line in default.outlines)
+
+
+def test_throughput_split_on_a_prepared_directory(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, fake_sglang):
+    """The issue's command: `--dataset=DIR --split=throughput --bucket=1k,2k` on a directory
+    written by `speedbench prepare`; every bucket becomes its own case."""
+    from pytest_speedbench.cli import main
+
+    prepared = pytester.path / "prepared"
+    assert main(["prepare", "--source", "bundled", "--out", str(prepared)]) == 0
+    server = fake_sglang("--step-ms", "1")
+    pytester.makepyfile(test_speedbench=SUITE)
+    out = pytester.path / "out.json"
+    result = pytester.runpytest(
+        f"--tokenizer={tiny_tokenizer_dir}", f"--dataset={prepared}", "--split=throughput", "--bucket=1k,2k",
+        "--engine=sglang", f"--server-url={server.url}", "--drafter=eagle3", "--num-prompts=1", "--warmup=0",
+        "--output-len=16", f"--speedbench-json={out}", "-p", "no:cacheprovider", "-W", "ignore",
+    )
+    result.assert_outcomes(passed=2)
+    entries = load_entries(out)
+    assert set(entries) == {"sglang-eagle3-throughput-1k-bs1-t0", "sglang-eagle3-throughput-2k-bs1-t0"}
+    for entry in entries.values():
+        # one prompt per entropy level (low_entropy, mixed, high_entropy)
+        assert entry["extra_info"]["num_requests"] == 3
+        assert set(entry["extra_info"]["acceptance_length_by_category"]) == {"low_entropy", "mixed", "high_entropy"}
+    # the 2k prompts reach the engine longer than the 1k ones (input_len logged by the fake)
+    lengths = [t["input_len"] for t in server.truth()]
+    assert len(lengths) == 6 and min(lengths[3:]) > max(lengths[:3])
