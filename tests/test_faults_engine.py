@@ -247,7 +247,7 @@ def test_real_llama_server_port_taken(tmp_path, monkeypatch, marker):
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         port = holder.getsockname()[1]
-        monkeypatch.setattr("pytest_speedbench.engines.lifecycle.free_port", lambda *a: port)
+        monkeypatch.setattr("pytest_speedbench.engines.llamacpp.free_port", lambda *a: port)
         engine = LlamaCppEngine(EngineConfig(engine="llamacpp", drafter="none", ready_timeout_s=120), tmp_path)
         with pytest.raises(EngineError) as err:
             engine.start()
