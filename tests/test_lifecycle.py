@@ -231,3 +231,21 @@ def test_exit_is_noticed_while_a_probe_hangs(tmp_path):
         server.wait_ready(lambda: time.sleep(30) or True, timeout_s=60)
     assert time.monotonic() - t0 < 5
     server.stop()
+
+
+def test_a_forgotten_server_is_still_stopped_at_exit(tmp_path):
+    """The exit hook must reach a server nobody holds a reference to any more."""
+    import gc
+
+    from pytest_speedbench.engines.lifecycle import stop_all_servers
+
+    server = ServerProcess([sys.executable, "-c", "import time; time.sleep(60)"],
+                           log_path=tmp_path / "forgotten.log", name="forgotten", wait_gpu_release=False)
+    server.start()
+    pid = server.pid
+    del server
+    gc.collect()
+    assert any(s.pid == pid for s in running_servers())
+    stop_all_servers()
+    assert not pid_alive(pid)
+    assert all(s.pid != pid for s in running_servers())

@@ -26,7 +26,6 @@ import socket
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -91,7 +90,9 @@ class _Registry:
     """Servers still running in this process, stopped on exit and on termination signals."""
 
     def __init__(self) -> None:
-        self._servers: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
+        # Strong references: a server whose owner forgot it (a test that failed before its
+        # stop(), a dropped engine) must still be stopped at exit, not leak as an orphan.
+        self._servers: set[ServerProcess] = set()
         self._lock = threading.Lock()
         self._installed = False
         self._previous: dict[int, Any] = {}
