@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import SUITE
 
 from pytest_speedbench.engines.base import EngineConfig
 from pytest_speedbench.engines.sglang import SGLangEngine, SGLangParser
@@ -26,10 +27,6 @@ from pytest_speedbench.errors import EngineError, EngineNotInstalled, RequestErr
 FAKE = Path(__file__).resolve().parent / "fakes" / "fake_sglang_launch.py"
 STARTUP_GOAL_S = 5.0
 
-SUITE = '''
-def test_speculative_decoding(speedbench_run):
-    speedbench_run.check()
-'''
 
 
 def marked_processes(marker: str) -> list[tuple[int, str]]:

@@ -17,14 +17,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import FAKES, free_port
+from conftest import FAKES, SUITE, free_port
 
 from pytest_speedbench.data.placeholders import PLACEHOLDER_MARKER
 
-SUITE = '''
-def test_speculative_decoding(speedbench_run):
-    speedbench_run.check()
-'''
 CASES = ("sglang-eagle3-qualitative-bs1-t0", "sglang-eagle3-qualitative-bs2-t0")
 
 

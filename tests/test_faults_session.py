@@ -21,12 +21,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import FAKES
+from conftest import FAKES, SUITE
 
-SUITE = '''
-def test_speculative_decoding(speedbench_run):
-    speedbench_run.check()
-'''
 
 REQUEST_TIMEOUT_S = 2.0
 

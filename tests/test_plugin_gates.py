@@ -17,6 +17,7 @@ from typing import Any
 
 import httpcore  # noqa: F401  (see below)
 import pytest
+from conftest import SUITE
 
 from pytest_speedbench import cli
 from pytest_speedbench.gates import fmt
@@ -27,10 +28,6 @@ from pytest_speedbench.table import gate_lines, render
 # httpcore would come back as a second copy whose ConnectError escapes the fake server's
 # readiness loop in the next test.
 
-SUITE = '''
-def test_speculative_decoding(speedbench_run):
-    speedbench_run.check()
-'''
 SD = "sglang-eagle3-qualitative-bs1-t0"
 AR = "sglang-none-qualitative-bs1-t0"
 #: the baseline process and a clearly worse one (expected AL about 3.1 against 1.7)

@@ -11,11 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SUITE
 
-SUITE = '''
-def test_speculative_decoding(speedbench_run):
-    speedbench_run.check()
-'''
 
 
 def truth_figures(truth: list[dict]) -> dict:

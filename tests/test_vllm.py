@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SUITE
 
 from pytest_speedbench.client import LoadSpec, WorkItem, run_load
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
@@ -208,10 +209,6 @@ def test_not_installed_names_the_install_hint(monkeypatch):
         VLLMEngine.check_installed()
 
 
-SUITE = '''
-def test_speculative_decoding(speedbench_run):
-    speedbench_run.check()
-'''
 
 
 @pytest.mark.slow

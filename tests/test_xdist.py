@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import SUITE
 
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.matrix import expand
@@ -14,10 +15,6 @@ from pytest_speedbench.xdist_support import (
     gpu_list, gpus_needed, parallel_args, parallel_settings, scope_map, scope_of, worker_gpus,
 )
 
-SUITE = '''
-def test_speculative_decoding(speedbench_run):
-    speedbench_run.check()
-'''
 
 # Stands in for the tokenizer/dataset (not under test here) and logs every engine start with
 # the CUDA_VISIBLE_DEVICES that a launched engine process would inherit.
