@@ -13,8 +13,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from . import __version__, commands
-from .errors import SpeedbenchError, UsageError
+from pytest_speedbench import __version__, commands
+from pytest_speedbench.errors import SpeedbenchError, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:

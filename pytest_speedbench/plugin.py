@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from . import newhooks
-from .config import OPTIONS, build_settings
-from .engines.base import Engine
-from .errors import UsageError
-from .matrix import Case
-from .session import CaseResult, SpeedbenchSession
+from pytest_speedbench import hookspecs
+from pytest_speedbench.settings.options import OPTIONS, build_settings
+from pytest_speedbench.engines.base import Engine
+from pytest_speedbench.errors import UsageError
+from pytest_speedbench.settings.matrix import Case
+from pytest_speedbench.session import CaseResult, SpeedbenchSession
 
 SESSION_KEY = pytest.StashKey[SpeedbenchSession]()
 CASE_FIXTURE = "speedbench_case"
@@ -21,7 +21,7 @@ ENGINE_FIXTURE = "speedbench_engine"
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    pluginmanager.add_hookspecs(newhooks)
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"pytest-speedbench: {exc}") from None
     session.config = config
     config.stash[SESSION_KEY] = session
-    from .xdist_support import install  # GPU pinning, engine grouping, merged results under xdist
+    from pytest_speedbench.xdist import install  # GPU pinning, engine grouping, merged results under xdist
 
     install(config, session)
 

@@ -13,16 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import metrics
-from .client import LoadSpec, run_load
-from .config import Settings
-from .engines import DRAFTERS, engine_class, get_entry
-from .engines.base import Engine, EngineConfig
-from .errors import EngineNotInstalled, UsageError
-from .matrix import Case, Matrix, expand
-from .records import RunRecords
-from .workload import WorkloadCache
-from .xdist_support import parallel_args
+from pytest_speedbench.metrics import run as metrics
+from pytest_speedbench.measure.client import LoadSpec, run_load
+from pytest_speedbench.settings.options import Settings
+from pytest_speedbench.engines import DRAFTERS, engine_class, get_entry
+from pytest_speedbench.engines.base import Engine, EngineConfig
+from pytest_speedbench.errors import EngineNotInstalled, UsageError
+from pytest_speedbench.settings.matrix import Case, Matrix, expand
+from pytest_speedbench.measure.records import RunRecords
+from pytest_speedbench.settings.workload import WorkloadCache
+from pytest_speedbench.xdist import parallel_args
 
 
 @dataclass
@@ -38,7 +38,7 @@ class CaseResult:
         return self.entry["extra_info"]
 
     def junit_properties(self) -> list[tuple[str, str]]:
-        from .gates import junit_properties
+        from pytest_speedbench.results.gates import junit_properties
 
         return junit_properties(self.extra_info)
 
@@ -107,7 +107,7 @@ class SpeedbenchSession:
 
     def preflight(self) -> None:
         """Catch bad paths before any engine starts: a nightly job should stop at second 0."""
-        from .data.loaders import check_dataset
+        from pytest_speedbench.data.loaders import check_dataset
 
         check_dataset(self.settings.dataset)
         tokenizer = self.settings.tokenizer
@@ -117,7 +117,7 @@ class SpeedbenchSession:
         self.book.check_writable()
 
     def _init_gates(self) -> None:
-        from .gates import parse_thresholds, rules_from_settings
+        from pytest_speedbench.results.gates import parse_thresholds, rules_from_settings
 
         s = self.settings
         self.rules = rules_from_settings(s.fail, s.sections)
@@ -193,7 +193,7 @@ class SpeedbenchSession:
         return None
 
     def start_engine(self, key: str) -> Engine:
-        from .engines import create_engine
+        from pytest_speedbench.engines import create_engine
 
         config = self.engine_config(key)
         engine = create_engine(config, self.workdir / key)
@@ -238,7 +238,7 @@ class SpeedbenchSession:
         except BaseException as exc:
             self.record_error(case, nodeid, name, f"{type(exc).__name__}: {exc}")
             raise
-        from .gates import evaluate, find_baseline
+        from pytest_speedbench.results.gates import evaluate, find_baseline
 
         verdict = evaluate(
             case.params(), extra, thresholds=self.thresholds, rules=self.rules,
@@ -257,7 +257,7 @@ class SpeedbenchSession:
         return CaseResult(case, entry, failures)
 
     def _entry(self, case: Case, nodeid: str, name: str, e2e: list[float], extra: dict[str, Any]) -> dict[str, Any]:
-        from .results import benchmark_entry
+        from pytest_speedbench.results.document import benchmark_entry
 
         group = f"{case.engine}-{case.dataset_config}-bs{case.batch_size}-t{case.temperature:g}"
         options = {"output_len": self.settings.output_len, "warmup": self.settings.warmup,
@@ -280,7 +280,7 @@ class SpeedbenchSession:
         self.book.save(document)
 
     def summary_lines(self) -> list[str]:
-        from .table import render
+        from pytest_speedbench.results.table import render
 
         return render(list(self.book.entries.values()))
 
@@ -300,7 +300,7 @@ class ResultsBook:
     """Every case's entry, saved atomically after each case so nothing measured is lost."""
 
     def __init__(self, settings: Settings, rootdir: Path, section: dict[str, Any]) -> None:
-        from .results import Storage
+        from pytest_speedbench.results.document import Storage
 
         self.settings = settings
         self.section = section
@@ -334,14 +334,14 @@ class ResultsBook:
         self.entries[entry["fullname"]] = entry
 
     def document(self) -> dict[str, Any]:
-        from .results import commit_info, machine_info, results_document
+        from pytest_speedbench.results.document import commit_info, machine_info, results_document
 
         if self._machine is None:
             self._machine, self._commit = machine_info(), commit_info()
         return results_document(list(self.entries.values()), self.section, machine=self._machine, commit=self._commit)
 
     def save(self, document: dict[str, Any]) -> list[Path]:
-        from .results import write_atomic
+        from pytest_speedbench.results.document import write_atomic
 
         if not self.enabled:
             return []

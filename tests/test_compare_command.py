@@ -157,7 +157,7 @@ def test_bad_format_is_rejected_by_argparse(capsys):
 
 
 def test_latest_and_run_numbers_resolve_in_storage(capsys, tmp_path):
-    results = pytest.importorskip("pytest_speedbench.results")
+    results = pytest.importorskip("pytest_speedbench.results.document")
     storage = results.Storage(tmp_path / "store")
     storage.folder.mkdir(parents=True)
     for name in ("0001_baseline.json", "0003_regressed.json"):

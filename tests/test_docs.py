@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_speedbench.cli import build_parser
-from pytest_speedbench.config import OPTIONS
+from pytest_speedbench.settings.options import OPTIONS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

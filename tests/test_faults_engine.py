@@ -208,7 +208,7 @@ def test_more_accepted_than_proposed_drafts_is_a_request_error():
 
 
 def _llama_or_skip() -> Path:
-    from pytest_speedbench import llama_build
+    from pytest_speedbench.engines import llama_build
 
     try:
         return llama_build.find_llama_server()

@@ -120,7 +120,7 @@ def test_results_folder_not_writable(suite, pytester):
 def test_disk_full_while_saving_keeps_the_measured_results(suite, pytester, monkeypatch):
     """The second save hits ENOSPC: the first case's results stay whole, no temp file is left,
     and the second case fails naming the cause."""
-    import pytest_speedbench.results as results
+    import pytest_speedbench.results.document as results
 
     real_fsync, saves = results.os.fsync, []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_speedbench import gates
+from pytest_speedbench.results import gates
 from pytest_speedbench.errors import UsageError
 
 RESULTS = Path(__file__).resolve().parent.parent / "fixtures" / "results"

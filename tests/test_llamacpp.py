@@ -20,7 +20,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pytest_speedbench import cli, llama_build
+from pytest_speedbench import cli
+
+from pytest_speedbench.engines import llama_build
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
 from pytest_speedbench.engines.llamacpp import (
     LlamaCppEngine,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_speedbench import metrics as M
-from pytest_speedbench.records import RequestRecord, RunRecords
+from pytest_speedbench.metrics import run as M
+from pytest_speedbench.measure.records import RequestRecord, RunRecords
 
 # --- synthetic runs with known per-step acceptances -------------------------------------
 

@@ -20,8 +20,8 @@ import pytest
 from conftest import SUITE
 
 from pytest_speedbench import cli
-from pytest_speedbench.gates import fmt
-from pytest_speedbench.table import gate_lines, render
+from pytest_speedbench.results.gates import fmt
+from pytest_speedbench.results.table import gate_lines, render
 
 # httpcore is imported here, at collection, on purpose: pytester drops the modules first imported
 # during a test, and httpx caches httpcore's exception classes on first use, so a lazily imported

@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("matplotlib")
 pd = pytest.importorskip("pandas")
 
-from pytest_speedbench import report  # noqa: E402
+from pytest_speedbench.results import report  # noqa: E402
 from pytest_speedbench.cli import main  # noqa: E402
-from pytest_speedbench.export import load_runs, runs_dataframe  # noqa: E402
+from pytest_speedbench.results.export import load_runs, runs_dataframe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "fixtures" / "results"
 BASE = RESULTS / "0001_baseline.json"

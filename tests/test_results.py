@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import pytest_speedbench
-from pytest_speedbench import results as R
+from pytest_speedbench.results import document as R
 from pytest_speedbench.errors import SpeedbenchError, UsageError
 
 NAME = "test_speed[vllm-eagle3-qualitative-bs1-t0]"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_speedbench.client import LoadSpec, WorkItem, run_load
+from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
 from pytest_speedbench.engines.base import EngineConfig
 from pytest_speedbench.engines.lifecycle import pid_alive, process_group_members
 from pytest_speedbench.engines.sglang import SGLangEngine, build_argv, cuda_graph_args, probe_flags

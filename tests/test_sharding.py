@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pytest_speedbench import metrics
-from pytest_speedbench.client import (
+from pytest_speedbench.metrics import run as metrics
+from pytest_speedbench.measure.client import (
     ClientLimitedWarning, LoadSpec, WorkItem, client_limited, median_event_interval, run_load,
 )
 from pytest_speedbench.engines.base import EngineConfig
 from pytest_speedbench.engines.sglang import SGLangEngine
 from pytest_speedbench.errors import SpeedbenchError
-from pytest_speedbench.records import RequestRecord
-from pytest_speedbench.sharding import clock_is_shared, plan_shards, split_slots
+from pytest_speedbench.measure.records import RequestRecord
+from pytest_speedbench.measure.sharding import clock_is_shared, plan_shards, split_slots
 
 
 def test_plan_shards_switches_on_above_the_threshold_only_with_cpus():

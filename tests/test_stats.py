@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_speedbench import stats
+from pytest_speedbench.metrics import stats
 
 finite_floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 

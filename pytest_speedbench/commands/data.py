@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..data.schema import CONFIGS
-from ..errors import UsageError
+from pytest_speedbench.data.schema import CONFIGS
+from pytest_speedbench.errors import UsageError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def load_tokenizer(spec: str) -> Any:
     if spec == "none":
         return None
     try:
-        from ..models import load_tokenizer as models_load
+        from pytest_speedbench.engines.models import load_tokenizer as models_load
     except ImportError:
         models_load = None
     if models_load is not None and not _tokenizer_only_dir(spec):
@@ -57,7 +57,7 @@ def load_tokenizer(spec: str) -> Any:
 
 def _configs(raw: str, dataset: str) -> list[str]:
     if raw == "all":
-        from ..data.loaders import bundled_configs, prepared_configs
+        from pytest_speedbench.data.loaders import bundled_configs, prepared_configs
 
         if dataset == "bundled":
             return list(bundled_configs())
@@ -68,13 +68,13 @@ def _configs(raw: str, dataset: str) -> list[str]:
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from ..data.loaders import read_rows
-    from ..data.stats import dataset_stats, format_stats
+    from pytest_speedbench.data.loaders import read_rows
+    from pytest_speedbench.data.stats import dataset_stats, format_stats
 
     tokenizer = load_tokenizer(args.tokenizer)
     encoder = None
     if tokenizer is not None:
-        from ..data.tokenize import PromptEncoder
+        from pytest_speedbench.data.tokenize import PromptEncoder
 
         encoder = PromptEncoder(tokenizer, chat_template=args.chat_template == "on")
     results = [dataset_stats(read_rows(args.dataset, c), c, encoder) for c in _configs(args.config, args.dataset)]

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from ..export import load_runs, runs_dataframe, write_table
+from pytest_speedbench.errors import UsageError
+from pytest_speedbench.results.export import load_runs, runs_dataframe, write_table
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import argparse
 import json
 import time
 
-from .. import models
+from pytest_speedbench.engines import models
 
 
 def register(sub: argparse._SubParsersAction) -> None:

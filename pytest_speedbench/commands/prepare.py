@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import UsageError
+from pytest_speedbench import __version__
+from pytest_speedbench.errors import UsageError
 
 SOURCE_HELP = ("hf (nvidia/SPEED-Bench on the hub, default), hf:NAME, bundled, a SPEED-Bench directory "
                "(DIR/<config>/*.parquet) or file, specbench:PATH, mtbench[:PATH]")
@@ -40,8 +40,8 @@ def _dataset_spec(source: str) -> str:
 
 
 def _configs(raw: str, dataset: str) -> list[str]:
-    from ..data.loaders import bundled_configs, prepared_configs
-    from ..data.schema import CONFIGS, check_config
+    from pytest_speedbench.data.loaders import bundled_configs, prepared_configs
+    from pytest_speedbench.data.schema import CONFIGS, check_config
 
     if raw != "all":
         return [check_config(c.strip()) for c in raw.split(",") if c.strip()]
@@ -62,9 +62,9 @@ def _configs(raw: str, dataset: str) -> list[str]:
 
 def prepare_config(dataset: str, config: str, out: Path, *, drop_unresolved: bool = False) -> dict[str, Any]:
     """Prepare one config; returns its provenance record (also written as provenance.json)."""
-    from ..data.loaders import bucket_prompts, read_rows, write_parquet
-    from ..data.placeholders import is_placeholder, resolve_rows
-    from ..data.schema import bucket_tokens, row_to_prompt
+    from pytest_speedbench.data.loaders import bucket_prompts, read_rows, write_parquet
+    from pytest_speedbench.data.placeholders import is_placeholder, resolve_rows
+    from pytest_speedbench.data.schema import bucket_tokens, row_to_prompt
 
     rows, resolution = resolve_rows(read_rows(dataset, config), config)
     dropped = 0
@@ -92,7 +92,7 @@ def prepare_config(dataset: str, config: str, out: Path, *, drop_unresolved: boo
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.placeholders import Resolution
+    from pytest_speedbench.data.placeholders import Resolution
 
     dataset = _dataset_spec(args.source)
     status = 0

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..export import load_runs
+from pytest_speedbench.results.export import load_runs
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build_report
+    from pytest_speedbench.results.report import build_report
 
     runs = load_runs(args.results, args.storage)
     formats = ("md", "html") if args.format == "both" else (args.format,)

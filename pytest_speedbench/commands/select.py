@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.embedders import DEFAULT_EMBEDDER, make_embedder
-from ..data.selection import mean_pairwise_similarity, normalize_rows, random_select, select_diverse
-from ..errors import UsageError, bad_value
+from pytest_speedbench.data.embedders import DEFAULT_EMBEDDER, make_embedder
+from pytest_speedbench.data.selection import mean_pairwise_similarity, normalize_rows, random_select, select_diverse
+from pytest_speedbench.errors import UsageError, bad_value
 
 #: SPEED-Bench's columns, in order; output rows carry exactly these.
 SCHEMA = ("question_id", "category", "sub_category", "turns", "source", "src_id", "difficulty", "multiturn")

@@ -7,8 +7,8 @@ which imports transformers-facing code only when used.
 
 from __future__ import annotations
 
-from .loaders import load_prompts, read_rows
-from .schema import BUCKETS, CONFIGS, ENTROPY_LEVELS, QUALITATIVE_CATEGORIES, Prompt
+from pytest_speedbench.data.loaders import load_prompts, read_rows
+from pytest_speedbench.data.schema import BUCKETS, CONFIGS, ENTROPY_LEVELS, QUALITATIVE_CATEGORIES, Prompt
 
 __all__ = [
     "BUCKETS", "CONFIGS", "ENTROPY_LEVELS", "QUALITATIVE_CATEGORIES", "Prompt", "load_prompts", "read_rows",

@@ -24,7 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from pytest_speedbench.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
     import tiktoken

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import SpeedbenchError, UsageError
+from pytest_speedbench.errors import SpeedbenchError, UsageError
 
 DEFAULT_EMBEDDER = "minilm"
 OPENAI_MODELS = ("text-embedding-3-small", "text-embedding-3-large")

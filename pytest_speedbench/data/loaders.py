@@ -23,10 +23,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError, bad_value
-from .bucketing import o200k, pad_or_truncate
-from .placeholders import refuse_placeholders
-from .schema import CONFIGS, Prompt, bucket_tokens, check_config, row_to_prompt
+from pytest_speedbench.errors import UsageError, bad_value
+from pytest_speedbench.data.bucketing import o200k, pad_or_truncate
+from pytest_speedbench.data.placeholders import refuse_placeholders
+from pytest_speedbench.data.schema import CONFIGS, Prompt, bucket_tokens, check_config, row_to_prompt
 
 Row = dict[str, Any]
 
@@ -130,7 +130,7 @@ def _bundled_dir() -> Path:
 
 
 def bundled_configs() -> tuple[str, ...]:
-    from .throughput_mini import MINI_CONFIGS
+    from pytest_speedbench.data.throughput_mini import MINI_CONFIGS
 
     have_qual = any((_bundled_dir() / name).is_file() for name in QUALITATIVE_POOL)
     return (("qualitative",) if have_qual else ()) + MINI_CONFIGS
@@ -144,7 +144,7 @@ def _read_bundled(config: str) -> list[Row]:
                 return read_jsonl(path)
         raise UsageError("the bundled qualitative set is missing from this installation "
                          f"(expected {_bundled_dir() / QUALITATIVE_POOL[0]})")
-    from .throughput_mini import build_rows
+    from pytest_speedbench.data.throughput_mini import build_rows
 
     if config not in bundled_configs():
         raise bad_value("config of the bundled dataset", config, bundled_configs())

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from pytest_speedbench.errors import UsageError
 
 #: The marker specdec_bench looks for (turns[0] starts with it; a template may follow "\n\n").
 PLACEHOLDER_MARKER = "FULL BENCHMARK DATA SHOULD BE FETCHED FROM THE SOURCE USING SPECDEC_BENCH"
@@ -78,7 +78,7 @@ def _fill(template: str, **fields: str) -> str:
 # -- offline resolvers -------------------------------------------------------------------------
 
 def _mtbench_questions() -> dict[str, list[str]]:
-    from .loaders import mtbench_question_file
+    from pytest_speedbench.data.loaders import mtbench_question_file
 
     out = {}
     with mtbench_question_file().open(encoding="utf-8") as f:

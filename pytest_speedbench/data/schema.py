@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UsageError, bad_value
+from pytest_speedbench.errors import UsageError, bad_value
 
 #: Columns of the published dataset, in its order.
 COLUMNS: tuple[str, ...] = (

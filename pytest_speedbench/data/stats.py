@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from .bucketing import o200k
-from .placeholders import is_placeholder, placeholder_sources
-from .schema import bucket_tokens, row_to_prompt
+from pytest_speedbench.data.bucketing import o200k
+from pytest_speedbench.data.placeholders import is_placeholder, placeholder_sources
+from pytest_speedbench.data.schema import bucket_tokens, row_to_prompt
 
 
 def _summary(values: Sequence[int]) -> dict[str, float] | None:

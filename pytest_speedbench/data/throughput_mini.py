@@ -30,9 +30,9 @@ import sys
 from importlib import resources
 from typing import Any
 
-from ..errors import UsageError
-from .bucketing import o200k, pad_or_truncate
-from .schema import Prompt, bucket_tokens
+from pytest_speedbench.errors import UsageError
+from pytest_speedbench.data.bucketing import o200k, pad_or_truncate
+from pytest_speedbench.data.schema import Prompt, bucket_tokens
 
 RECIPE = "throughput_recipe.jsonl"
 MINI_CONFIGS: tuple[str, ...] = ("throughput_1k", "throughput_2k")

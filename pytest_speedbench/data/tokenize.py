@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
-from .schema import Prompt
+from pytest_speedbench.errors import UsageError
+from pytest_speedbench.data.schema import Prompt
 
 CACHE_VERSION = "1"
 

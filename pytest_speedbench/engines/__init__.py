@@ -10,8 +10,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import bad_value
-from .base import Engine, EngineConfig
+from pytest_speedbench.errors import bad_value
+from pytest_speedbench.engines.base import Engine, EngineConfig
 
 DRAFTERS: tuple[str, ...] = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
 

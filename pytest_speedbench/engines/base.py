@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from ..errors import RequestError
-from ..records import Counters
+from pytest_speedbench.errors import RequestError
+from pytest_speedbench.measure.records import Counters
 
 
 @dataclass(frozen=True, slots=True)

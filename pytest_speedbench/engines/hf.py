@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import EngineError, EngineNotInstalled, UsageError
-from ..models import resolve_model
-from ..records import Counters
-from .base import EngineConfig, InProcessEngine, SamplingParams
+from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
+from pytest_speedbench.engines.models import resolve_model
+from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.base import EngineConfig, InProcessEngine, SamplingParams
 
 #: the early-exit draft used when --draft-model is not given, as a fraction of the target's
 #: layers (SmolLM2-135M: 30 layers -> layers:24); see DEFAULT_DRAFT_FRACTION's measurement

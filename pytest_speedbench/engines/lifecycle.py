@@ -31,9 +31,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ..errors import EngineError
-from . import gpu
-from .base import EngineConfig, HttpEngine
+from pytest_speedbench.errors import EngineError
+from pytest_speedbench.engines import gpu
+from pytest_speedbench.engines.base import EngineConfig, HttpEngine
 
 
 def free_port(host: str = "127.0.0.1") -> int:

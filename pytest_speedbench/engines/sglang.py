@@ -43,10 +43,10 @@ from typing import Any
 
 import orjson
 
-from ..errors import EngineError, EngineNotInstalled, RequestError, UsageError
-from ..records import Counters
-from .base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
-from .lifecycle import ServerEngine, free_port, override_command
+from pytest_speedbench.errors import EngineError, EngineNotInstalled, RequestError, UsageError
+from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
+from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
 
 # Spellings of the same counter across SGLang versions, newest first.
 ACCEPTED_KEYS = ("spec_num_correct_drafts", "spec_accepted_drafts", "spec_accept_token_num")
@@ -306,7 +306,7 @@ class SGLangEngine(ServerEngine):
     def _probe_server_info(self) -> dict[str, Any]:
         import httpx
 
-        from ..errors import EngineError
+        from pytest_speedbench.errors import EngineError
 
         try:
             with httpx.Client(base_url=self.base_url, timeout=10.0) as client:

@@ -45,16 +45,16 @@ from typing import Any
 
 import orjson
 
-from ..errors import EngineError, EngineNotInstalled, UsageError
-from ..records import Counters
-from .base import (
+from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
+from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.base import (
     EngineConfig,
     HttpRequest,
     OpenAICompletionStream,
     ParsedEvent,
     SamplingParams,
 )
-from .lifecycle import ServerEngine, free_port, override_command
+from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
 
 ENV_COMMAND = "SPEEDBENCH_VLLM_CMD"
 INSTALL_HINT = "install it with `pip install vllm` (needs a CUDA GPU), or attach with --server-url"

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .client import WorkItem
-from .config import Settings
+from pytest_speedbench.measure.client import WorkItem
+from pytest_speedbench.settings.options import Settings
 
 
 @dataclass
@@ -26,7 +26,7 @@ class WorkloadCache:
     @property
     def encoder(self) -> Any:
         if self._encoder is None:
-            from .data.tokenize import PromptEncoder
+            from pytest_speedbench.data.tokenize import PromptEncoder
 
             tokenizer = _load_tokenizer(self.settings.tokenizer or self.settings.model)
             self._encoder = PromptEncoder(
@@ -36,7 +36,7 @@ class WorkloadCache:
 
     def items(self, dataset_config: str) -> list[WorkItem]:
         if dataset_config not in self._items:
-            from .data import load_prompts
+            from pytest_speedbench.data import load_prompts
 
             s = self.settings
             # --category names qualitative categories; throughput configs group by entropy level.
@@ -60,6 +60,6 @@ def _load_tokenizer(spec: str | None) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(path)
-    from .models import load_tokenizer
+    from pytest_speedbench.engines.models import load_tokenizer
 
     return load_tokenizer(spec)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UsageError
+from pytest_speedbench.errors import UsageError
 
 PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature")
 MATCH_KEYS: tuple[str, ...] = (*PARAM_KEYS, "category")

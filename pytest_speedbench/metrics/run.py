@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from . import stats
-from .records import Counters, RequestRecord, RunRecords
+from pytest_speedbench.metrics import stats
+from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
 
 AGREEMENT_TOLERANCE = 0.02  # relative chunk-vs-counter AL difference tolerated
 SOURCE_CHUNKS = "chunks"

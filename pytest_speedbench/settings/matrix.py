@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from .engines import get_entry
+from pytest_speedbench.engines import get_entry
 
 SPLITS: tuple[str, ...] = ("qualitative", "throughput")
 BUCKETS: tuple[str, ...] = ("1k", "2k", "8k", "16k", "32k")

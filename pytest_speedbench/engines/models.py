@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from pytest_speedbench.errors import UsageError
 
 BUNDLED_NAME = "smollm2-135m"
 #: spellings accepted for the bundled model (besides None)

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .engines.base import Engine, HttpEngine, InProcessEngine, SamplingParams
-from .errors import RequestError, SpeedbenchError
-from .records import Counters, RequestRecord, RunRecords
-from .transport import StreamResult, StreamTransport, resolve_kind
+from pytest_speedbench.engines.base import Engine, HttpEngine, InProcessEngine, SamplingParams
+from pytest_speedbench.errors import RequestError, SpeedbenchError
+from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
+from pytest_speedbench.measure.transport import StreamResult, StreamTransport, resolve_kind
 
 #: the client set the latency when its event loop woke up later than this, at p99, ...
 LAG_LIMIT_FLOOR_S = 0.002
@@ -251,7 +251,7 @@ def run_http_sharded(
     plan: Any,
 ) -> RunRecords:
     """Warmup here, then the measured requests over worker processes (see sharding.py)."""
-    from . import sharding
+    from pytest_speedbench.measure import sharding
 
     kind = spec.resolved_transport()
     blob = sharding.parser_blob(engine.new_parser())
@@ -352,7 +352,7 @@ def run_load(
     if isinstance(engine, InProcessEngine):
         return run_inprocess(engine, items, spec, encoder)
     if isinstance(engine, HttpEngine):
-        from .sharding import plan_shards
+        from pytest_speedbench.measure.sharding import plan_shards
 
         plan = plan_shards(spec.batch_size, spec.resolved_shards())
         blocker = _shard_blocker(engine, items, encoder) if plan.sharded else None

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .gates import PARAM_KEYS
-from .results import Storage, load_results
+from pytest_speedbench.errors import UsageError
+from pytest_speedbench.results.gates import PARAM_KEYS
+from pytest_speedbench.results.document import Storage, load_results
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from .engines import DRAFTERS, ENGINES
-from .errors import UsageError, bad_value
-from .matrix import BUCKETS, SPLITS
+from pytest_speedbench.engines import DRAFTERS, ENGINES
+from pytest_speedbench.errors import UsageError, bad_value
+from pytest_speedbench.settings.matrix import BUCKETS, SPLITS
 
 Parser = Callable[[str], Any]
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from .errors import UsageError
+from pytest_speedbench.errors import UsageError
 
 WORKER_INPUT_KEY = "speedbench_gpus"
 WORKER_OUTPUT_KEY = "speedbench_entries"
@@ -123,7 +123,7 @@ def gpu_list(explicit: str | None, env: Mapping[str, str] | None = None) -> list
         return gpus
     if raw is not None:  # CUDA_VISIBLE_DEVICES="" hides every GPU
         return []
-    from .engines.gpu import memory_used_mib
+    from pytest_speedbench.engines.gpu import memory_used_mib
 
     used = memory_used_mib()
     return [str(i) for i in sorted(used)] if used else None

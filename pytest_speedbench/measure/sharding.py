@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .engines.base import HttpRequest
-from .errors import RequestError, SpeedbenchError
-from .records import RequestRecord
+from pytest_speedbench.engines.base import HttpRequest
+from pytest_speedbench.errors import RequestError, SpeedbenchError
+from pytest_speedbench.measure.records import RequestRecord
 
 #: streams one process serves before sharding pays off (see docs/client-performance.md:
 #: at ~25 us per event and 20 ms steps, 256 streams keep one core about 30% busy)
@@ -221,7 +221,7 @@ def merge_shard_info(shards: list[dict[str, Any]], plan: ShardPlan) -> dict[str,
 
 def _worker_entry(job: ShardJob, counter: Any, start: Any, conn: Any) -> None:
     try:
-        from .client import asyncio_run
+        from pytest_speedbench.measure.client import asyncio_run
 
         conn.send(("ready", None))
         start.wait()
@@ -239,8 +239,8 @@ def _worker_entry(job: ShardJob, counter: Any, start: Any, conn: Any) -> None:
 async def _worker_main(job: ShardJob, counter: Any) -> tuple[list[RequestRecord], dict[str, Any]]:
     import asyncio
 
-    from .client import LagMonitor, records_from_stream
-    from .transport import StreamTransport
+    from pytest_speedbench.measure.client import LagMonitor, records_from_stream
+    from pytest_speedbench.measure.transport import StreamTransport
 
     total = len(job.requests)
     prototype = pickle.loads(job.parser_blob)

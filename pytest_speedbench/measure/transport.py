@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .engines.base import HttpRequest
-from .errors import RequestError, bad_value
+from pytest_speedbench.engines.base import HttpRequest
+from pytest_speedbench.errors import RequestError, bad_value
 
 Event = tuple[float, bytes]
 

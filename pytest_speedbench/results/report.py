@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .export import Run, runs_dataframe
+from pytest_speedbench.errors import UsageError
+from pytest_speedbench.results.export import Run, runs_dataframe
 
 FIGURES: tuple[str, ...] = ("pareto", "al_by_category", "al_histogram", "conditional_acceptance", "speedup_vs_batch")
 _AR_STYLE = {"linestyle": "--", "marker": "s"}
@@ -295,7 +295,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:
-    from .gates import fmt
+    from pytest_speedbench.results.gates import fmt
 
     value = row.get(column)
     if value is None or value != value:  # None or NaN

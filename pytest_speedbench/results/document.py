@@ -26,8 +26,8 @@ from typing import Any
 
 from pytest_benchmark.stats import Stats
 
-from . import __version__
-from .errors import SpeedbenchError, UsageError
+from pytest_speedbench import __version__
+from pytest_speedbench.errors import SpeedbenchError, UsageError
 
 try:  # orjson is a declared dependency; json keeps the module importable without it
     import orjson

@@ -1,0 +1,1 @@
+"""Stage 3, measurement: the records the client takes, the SSE transport, the load generator and its shards."""

@@ -1,0 +1,1 @@
+"""Stage 4, metrics: pure maths from records to the results' numbers (no pytest, no files, no HTTP)."""

@@ -1,0 +1,1 @@
+"""Stage 5, results: the results document and its storage, gates, comparison, tables, exports and reports."""

@@ -1,0 +1,1 @@
+"""Stage 1, settings: the options (the only defaults), the case matrix and each case's prompts."""
