@@ -24,10 +24,20 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
+def argparse_help(text: str) -> str:
+    """Escape `%` for argparse, which %-formats every help string when `pytest --help` prints it.
+
+    An unescaped `%` (e.g. in "acceptance_length:-3%,...") makes argparse raise ValueError and
+    breaks pytest's own help in every directory where the plugin is installed.
+    """
+    return text.replace("%", "%%")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("speedbench", "speculative decoding benchmarks (pytest-speedbench)")
     for spec in OPTIONS:
-        kwargs: dict[str, Any] = {"dest": "speedbench_" + spec.name, "default": None, "help": spec.help}
+        kwargs: dict[str, Any] = {"dest": "speedbench_" + spec.name, "default": None,
+                                  "help": argparse_help(spec.help)}
         if spec.kind == "bool":
             kwargs.update(nargs="?", const="true", metavar="on|off")
         group.addoption(spec.flag, **kwargs)
