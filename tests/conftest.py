@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -113,3 +115,55 @@ def fake_sglang(tmp_path: Path) -> Iterator[Callable[..., FakeServer]]:
     for server in servers:
         server.process.kill()
         server.process.wait(5)
+
+
+def default_signals() -> None:
+    """preexec_fn for harness children that a test signals: SIGINT and SIGTERM back to default.
+
+    A background CI job starts with SIGINT ignored, and ignored dispositions survive exec; a
+    Python child then never raises KeyboardInterrupt, so a test that sends it SIGINT would
+    measure the job's inheritance instead of the plugin's behaviour.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _kill_group_or_pid(pid: int) -> None:
+    for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _pids_with_env_marker(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(entry.name) != os.getpid() \
+                    and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def reap() -> Iterator[Callable[..., None]]:
+    """Register victims (`reap(pid=...)` for a process and its group, `reap(marker=...)` for every
+    process whose environment carries the marker) that are SIGKILLed at teardown, so a failed
+    assertion cannot leave a server or its grandchild running for minutes."""
+    pids: list[int] = []
+    markers: list[str] = []
+
+    def register(*, pid: int | None = None, marker: str | None = None) -> None:
+        if pid is not None:
+            pids.append(pid)
+        if marker is not None:
+            markers.append(marker)
+
+    yield register
+    for marker in markers:
+        pids.extend(_pids_with_env_marker(marker))
+    for pid in pids:
+        _kill_group_or_pid(pid)

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import FAKES, SUITE
+from conftest import FAKES, SUITE, default_signals
 
 
 REQUEST_TIMEOUT_S = 2.0
@@ -124,7 +124,7 @@ def test_missing_counters_are_named_not_silently_used(suite, fake_sglang, pytest
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_mid_run_keeps_measured_results_and_leaves_no_process(signum, pytester, tiny_tokenizer_dir,
-                                                                     prompts_file):
+                                                                     prompts_file, reap):
     """A launched (fake) engine, case 1 measured and saved, case 2 slow: the signal arrives
     during case 2. pytest must exit, the results file must hold case 1 whole, and no process
     carrying this run's marker (pytest, the server, its worker) may be left."""
@@ -138,7 +138,9 @@ def test_signal_mid_run_keeps_measured_results_and_leaves_no_process(signum, pyt
            "--num-prompts=1", "--split=qualitative", "--temperature=0", "--warmup=0", "--output-len=4",
            "--engine=sglang", "--drafter=none", "--model=org/target", "--batch-size=1,2", "--ready-timeout=120",
            f"--speedbench-json={out}", "-p", "no:cacheprovider", "-W", "ignore", "test_speedbench.py"]
-    proc = subprocess.Popen(cmd, cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    reap(marker=marker)
+    proc = subprocess.Popen(cmd, cwd=pytester.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 120
         while not out.exists():  # case 1 measured and saved

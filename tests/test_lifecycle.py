@@ -22,6 +22,7 @@ from pytest_speedbench.engines.lifecycle import (
     running_servers,
 )
 from pytest_speedbench.errors import EngineError
+from conftest import default_signals
 
 # A tiny server: optional delay, optional SIGTERM immunity, optional forked grandchild,
 # then listens on PORT. Pids go to the log so tests can check the process table.
@@ -157,12 +158,16 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupting_the_harness_leaves_no_process(tmp_path, signum):
+def test_interrupting_the_harness_leaves_no_process(tmp_path, signum, reap):
     log = tmp_path / "victim.log"
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(log)], stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(log)], stdout=subprocess.PIPE, text=True,
+                              preexec_fn=default_signals)
+    reap(pid=driver.pid)
     try:
         server_pid = int(driver.stdout.readline())
         grandchild = int(log.read_text().splitlines()[1])
+        reap(pid=server_pid)  # its own process group holds the grandchild
+        reap(pid=grandchild)
         assert pid_alive(server_pid) and pid_alive(grandchild)
         driver.send_signal(signum)
         driver.wait(timeout=30)
