@@ -247,6 +247,7 @@ def fake_toolchain(tmp_path, monkeypatch):
 echo "$@" >> {calls}
 [ -n "$FAKE_CMAKE_FAIL" ] && exit 3
 if [ "$1" = "--build" ]; then mkdir -p "$2/bin"; printf '#!/bin/sh\\n' > "$2/bin/llama-server"; chmod +x "$2/bin/llama-server"; fi
+echo "fatal: not a git repository (or any of the parent directories): .git" >&2
 echo "[100%] fake"
 """
     for tool in ("cmake", "c++"):
@@ -271,6 +272,15 @@ def test_build_runs_cmake_once_then_reuses_and_rebuilds_on_flag_change(tmp_path,
     monkeypatch.setattr(llama_build, "CMAKE_FLAGS", (*llama_build.CMAKE_FLAGS, "-DGGML_NATIVE=OFF"))
     llama_build.build(root=root, jobs=1, sdist=sdist, **quiet)
     assert "-DGGML_NATIVE=OFF" in calls.read_text()
+
+
+def test_build_echoes_progress_but_not_the_git_noise(tmp_path, fake_toolchain):
+    sdist, _ = fake_toolchain
+    echo = io.StringIO()
+    llama_build.build(root=tmp_path / "c", jobs=1, sdist=sdist, say=lambda m: None, echo=echo)
+    assert "[100%] fake" in echo.getvalue()
+    assert "not a git repository" not in echo.getvalue()
+    assert "not a git repository" in llama_build.BuildLayout(tmp_path / "c").log.read_text()  # kept in the log
 
 
 def test_failed_build_leaves_no_manifest(tmp_path, fake_toolchain, monkeypatch):
