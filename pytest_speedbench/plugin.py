@@ -90,7 +90,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash.get(SESSION_KEY, None)
     if session is None:
         return []
-    return [f"speedbench: {len(session.matrix.cases)} case(s) in the matrix"]
+    return session.header_lines()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -126,11 +126,20 @@ class SpeedbenchSession:
         if s.compare:
             self.baseline = self.book.storage.load(s.compare)
 
+    def header_lines(self) -> list[str]:
+        """The session header: which profile, which prompts and how many per category."""
+        from pytest_speedbench.settings.profile import profile_line, prompt_lines
+
+        buckets = list(dict.fromkeys(c.bucket for c in self.matrix.cases if c.bucket))
+        return [profile_line(self.settings, self.settings.yaml_file), *prompt_lines(self.settings, buckets),
+                f"speedbench: {len(self.matrix.cases)} case(s) in the matrix"]
+
     def resolved_config(self) -> dict[str, Any]:
         from dataclasses import asdict
 
         data = asdict(self.settings)
         data["explicit"] = sorted(self.settings.explicit)
+        data["from_profile"] = sorted(self.settings.from_profile)
         data["matrix_dropped"] = list(self.matrix.dropped)
         return data
 

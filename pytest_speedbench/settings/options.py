@@ -74,6 +74,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("chat_template", "--chat-template", "apply the tokenizer's chat template (on/off)", "bool", True),
     OptionSpec("seed", "--speedbench-seed", "seed for prompt sampling and bootstrap", "int", 0),
     OptionSpec("config", "--speedbench-config", "path to speedbench.yaml", "str", None),
+    OptionSpec("profile", "--speedbench-profile",
+               "profile of speedbench.yaml's profiles: section (default: demo when the run names no "
+               "engine, dataset, model or server URL; none: no profile)", "str", None),
     OptionSpec("json", "--speedbench-json", "write results JSON to this path", "str", None),
     OptionSpec("autosave", "--speedbench-autosave", "save results under .speedbench/ (never overwrites)",
                "bool", False),
@@ -152,6 +155,8 @@ class Settings:
     chat_template: bool = True
     seed: int = 0
     config: str | None = None
+    #: the profile applied (None: no profile); see settings/profile.py
+    profile: str | None = None
     json: str | None = None
     autosave: bool = False
     storage: str = ".speedbench"
@@ -163,8 +168,13 @@ class Settings:
     per_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: sections of speedbench.yaml other modules read (gates, thresholds, ...)
     sections: dict[str, Any] = field(default_factory=dict)
-    #: names set explicitly on the command line or in speedbench.yaml (not defaults)
+    #: names the user set: on the command line or at speedbench.yaml's top level (not a
+    #: profile's, not defaults); a named engine that cannot run is a usage error
     explicit: frozenset[str] = frozenset()
+    #: names a profile set (the demo's limits, for example)
+    from_profile: frozenset[str] = frozenset()
+    #: the speedbench.yaml read, if any
+    yaml_file: str | None = None
 
     def validate(self) -> None:
         for bs in self.batch_size:
@@ -228,6 +238,32 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 SECTION_KEYS = ("gates", "thresholds", "fail", "report")
+#: Settings attributes that are not options
+_NOT_OPTIONS = {"per_engine", "sections", "explicit", "from_profile", "yaml_file"}
+
+
+def _check_keys(values: Mapping[str, Any], where: object) -> None:
+    valid_keys = {f.name for f in fields(Settings)} - _NOT_OPTIONS
+    for key in values:
+        if key.replace("-", "_") not in valid_keys:
+            raise bad_value(f"setting in {where}", key, sorted(valid_keys | {"engines", "profiles", *SECTION_KEYS}))
+
+
+def _get(values: Mapping[str, Any], name: str) -> Any:
+    return values.get(name, values.get(name.replace("_", "-")))
+
+
+def _per_engine(raw: Any, where: object) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"{where}: 'engines' must map engine names to settings")
+    per_engine: dict[str, dict[str, Any]] = {}
+    for engine, overrides in raw.items():
+        parsed: dict[str, Any] = {}
+        for key, value in dict(overrides or {}).items():
+            spec = OPTION_BY_NAME.get(key.replace("-", "_"))
+            parsed[key.replace("-", "_")] = coerce(spec, value) if spec else value
+        per_engine[str(engine)] = parsed
+    return per_engine
 
 
 def build_settings(
@@ -235,40 +271,49 @@ def build_settings(
     ini: Mapping[str, Any] | None = None,
     yaml_path: Path | None = None,
 ) -> Settings:
-    """Merge the sources (CLI wins) and validate. `cli`/`ini` hold raw values or None."""
+    """Merge the sources and validate. `cli`/`ini` hold raw values or None.
+
+    Precedence: command line, the profile (settings/profile.py), speedbench.yaml's top level,
+    ini, defaults. Per-engine sections: the profile's over the top level's, except keys the
+    command line sets for every engine.
+    """
+    from pytest_speedbench.settings.profile import choose_profile, profile_values
+
     ini = ini or {}
     file_values: dict[str, Any] = load_yaml(yaml_path) if yaml_path else {}
     per_engine_raw = file_values.pop("engines", {}) or {}
+    profiles = file_values.pop("profiles", {}) or {}
+    if not isinstance(profiles, Mapping):
+        raise UsageError(f"{yaml_path}: 'profiles' must map profile names to settings")
     sections = {k: file_values.pop(k) for k in SECTION_KEYS if k in file_values}
-    valid_keys = {f.name for f in fields(Settings)} - {"per_engine", "sections", "explicit"}
-    for key in file_values:
-        if key.replace("-", "_") not in valid_keys:
-            raise bad_value(f"setting in {yaml_path}", key, sorted(valid_keys | {"engines", *SECTION_KEYS}))
+    _check_keys(file_values, yaml_path)
+    named = {spec.name: next((v for v in (cli.get(spec.name), _get(file_values, spec.name), ini.get(spec.name))
+                              if v is not None), None) for spec in OPTIONS}
+    profile = choose_profile(named.get("profile"), profiles, named)
+    profile_file = profile_values(profiles, profile, yaml_path)
+    profile_engines = profile_file.pop("engines", {}) or {}
+    _check_keys(profile_file, f"{yaml_path} profile {profile!r}")
     values: dict[str, Any] = {}
     explicit: set[str] = set()
+    from_profile: set[str] = set()
     for spec in OPTIONS:
-        raw = cli.get(spec.name)
-        source_is_explicit = raw is not None
-        if raw is None:
-            raw = file_values.get(spec.name, file_values.get(spec.name.replace("_", "-")))
-            source_is_explicit = raw is not None
-        if raw is None:
-            raw = ini.get(spec.name)
-        if raw is None or raw == "":
+        if spec.name == "profile":
             continue
-        values[spec.name] = coerce(spec, raw)
-        if source_is_explicit:
-            explicit.add(spec.name)
-    per_engine: dict[str, dict[str, Any]] = {}
-    if not isinstance(per_engine_raw, Mapping):
-        raise UsageError(f"{yaml_path}: 'engines' must map engine names to settings")
-    for engine, overrides in per_engine_raw.items():
-        overrides = dict(overrides or {})
-        parsed: dict[str, Any] = {}
-        for key, raw in overrides.items():
-            spec = OPTION_BY_NAME.get(key.replace("-", "_"))
-            parsed[key.replace("-", "_")] = coerce(spec, raw) if spec else raw
-        per_engine[str(engine)] = parsed
-    settings = Settings(**values, per_engine=per_engine, sections=sections, explicit=frozenset(explicit))
+        for source, raw in (("cli", cli.get(spec.name)), ("profile", _get(profile_file, spec.name)),
+                            ("yaml", _get(file_values, spec.name)), ("ini", ini.get(spec.name))):
+            if raw is not None and raw != "":
+                values[spec.name] = coerce(spec, raw)
+                if source in ("cli", "yaml"):
+                    explicit.add(spec.name)
+                elif source == "profile":
+                    from_profile.add(spec.name)
+                break
+    per_engine = _per_engine(per_engine_raw, yaml_path)
+    for engine, overrides in _per_engine(profile_engines, f"{yaml_path} profile {profile!r}").items():
+        kept = {k: v for k, v in overrides.items() if cli.get(k) in (None, "")}
+        per_engine[engine] = {**per_engine.get(engine, {}), **kept}
+    settings = Settings(**values, profile=profile, per_engine=per_engine, sections=sections,
+                        explicit=frozenset(explicit), from_profile=frozenset(from_profile),
+                        yaml_file=str(yaml_path) if yaml_path else None)
     settings.validate()
     return settings
