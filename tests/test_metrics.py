@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -304,10 +305,59 @@ def test_run_level_counters():
     assert m["al_source"] == "engine_counters"
     assert m["acceptance_length"] == pytest.approx(truth["acceptance_length_pooled"])  # pooled only
     assert m["acceptance_length_ci95"] is None  # no per-request values to resample
-    assert m["conditional_acceptance_source"] == "chunks"  # no accepted_per_pos given
+    # no accepted_per_pos and coalesced events: no histogram or rates rather than chunk ones that
+    # contradict the counter AL
+    assert m["al_histogram"] == {} and m["al_histogram_source"] is None
+    assert m["conditional_acceptance_rate"] == [None] * 3 and m["conditional_acceptance_source"] is None
+    assert "no per-step breakdown" in m["al_histogram_source_reason"]
     assert m["step_latency_effective_mean_s"] == pytest.approx(
         m["step_latency_s"]["mean"] * m["acceptance_length"] / m["acceptance_length_chunks"]
     )
+
+
+def _hist_mean(hist: dict[str, int]) -> float:
+    return sum(int(k) * v for k, v in hist.items()) / sum(hist.values())
+
+
+def test_coalesced_events_histogram_from_per_position_counters():
+    truth = true_metrics()
+    m = M.compute_run_metrics(synthetic_run(RUNS, gamma=3, framing="pairs", with_counters=True), draft_length=3)
+    assert m["al_histogram_source"] == "engine_counters"
+    assert m["al_histogram"] == truth["al_histogram"]
+    assert m["al_histogram_chunks"] != truth["al_histogram"]  # what the events alone suggest
+
+
+def test_one_token_per_event_without_per_position_counters_uses_bursts():
+    """llama-server: one token per event, counters give only steps and accepted per request.
+    Tokens of one step arrive within microseconds (jittered here), steps 20 ms apart."""
+    truth = true_metrics()
+    run = synthetic_run(RUNS, gamma=3, framing="tokens", with_counters=True)
+    rng = np.random.default_rng(3)
+    for r in run.requests:
+        del r.counters["accepted_per_pos"], r.counters["drafted"]
+        r.chunk_times = [t + j * 1e-5 + rng.uniform(0, 1e-5) for j, t in enumerate(r.chunk_times)]
+    m = M.compute_run_metrics(run, draft_length=3)
+    assert m["al_source"] == "engine_counters"
+    assert set(m["al_histogram_chunks"]) == {"1"}  # what the events alone suggest
+    assert m["al_histogram_source"] == "engine_counters+bursts"
+    assert "unambiguous" in m["al_histogram_source_reason"]
+    assert m["al_histogram"] == truth["al_histogram"]
+    assert m["conditional_acceptance_rate"] == pytest.approx(truth["conditional_acceptance_rate"])
+    assert _hist_mean(m["al_histogram"]) == pytest.approx(m["acceptance_length_pooled"])
+
+
+@given(accepts=st.lists(st.integers(0, 4), min_size=1, max_size=12),
+       gaps=st.lists(st.floats(0.0, 1.0), min_size=60, max_size=60))
+def test_burst_split_always_matches_the_counter_step_count(accepts, gaps):
+    """Whatever the arrival times, the split has the engine's step count and the emitted tokens,
+    so the histogram's mean is the counter AL."""
+    tokens = sum(a + 1 for a in accepts)
+    times = list(np.cumsum([0.1, *gaps[:tokens]]))
+    r = RequestRecord("p", "qa", chunk_times=times, chunk_tokens=[1] * (tokens + 1))
+    lengths, separation = M.burst_step_lengths(r, len(accepts))
+    assert len(lengths) == len(accepts) and sum(lengths) == tokens and min(lengths) >= 1
+    assert separation >= 0
+    assert M.burst_step_lengths(r, tokens + 1) is None  # more steps than decode events
 
 
 # --- speedups ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecord
 AGREEMENT_TOLERANCE = 0.02  # relative chunk-vs-counter AL difference tolerated
 SOURCE_CHUNKS = "chunks"
 SOURCE_COUNTERS = "engine_counters"
+SOURCE_BURSTS = "engine_counters+bursts"  # counter step count, step lengths from event bursts
 SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
 
 
@@ -138,6 +139,72 @@ def conditional_rates_from_counters(steps: int, accepted_per_pos: Sequence[float
     return rates
 
 
+def histogram_from_per_pos(steps: int, accepted_per_pos: Sequence[float]) -> dict[str, int]:
+    """Exact step histogram from counters: with c_i = steps accepting >= i drafts (c_0 = steps),
+    steps emitting k tokens = c_{k-1} - c_k (k = 1..gamma) and c_gamma (k = gamma + 1).
+
+    Its mean is (steps + sum c_i) / steps = counter AL, so plots built on it agree with the table.
+    """
+    reached = [float(steps), *(float(c) for c in accepted_per_pos)]
+    counts = {k: reached[k - 1] - (reached[k] if k < len(reached) else 0.0) for k in range(1, len(reached) + 1)}
+    return {str(k): int(round(v)) for k, v in counts.items() if round(v) > 0}
+
+
+def burst_step_lengths(r: RequestRecord, steps: int) -> tuple[list[int], float] | None:
+    """Verification-step lengths of a one-token-per-event stream, given the engine's step count.
+
+    A server that streams one token per event (llama-server) sends the 1 + accepted tokens of
+    one step back to back, while steps are a forward pass apart. With s = counter steps, the
+    decode events (chunks 1..n-1) are cut at the s - 1 largest arrival gaps, so there are
+    exactly s steps carrying exactly the emitted tokens: the lengths' mean is the counter AL by
+    construction. Returns (lengths, separation), separation = smallest cut gap / largest uncut
+    gap (> 1: the bursts are unambiguous; inf when nothing is left uncut), or None when the
+    stream cannot hold s steps (fewer decode events than steps).
+    """
+    times, tokens = r.chunk_times[1:], r.chunk_tokens[1:]
+    if steps <= 0 or len(tokens) < steps:
+        return None
+    gaps = np.diff(np.asarray(times, dtype=float))
+    order = np.argsort(-gaps, kind="stable")
+    cut = np.sort(order[: steps - 1])
+    lengths, start = [], 0
+    for c in cut:
+        lengths.append(int(sum(tokens[start : c + 1])))
+        start = c + 1
+    lengths.append(int(sum(tokens[start:])))
+    uncut = gaps[order[steps - 1 :]]
+    if steps > 1 and uncut.size:
+        separation = float(gaps[cut].min() / uncut.max()) if uncut.max() > 0 else float("inf")
+    else:
+        separation = float("inf")
+    return lengths, separation
+
+
+def authoritative_step_histogram(
+    requests: Sequence[RequestRecord], view: "CounterView", use_counters: bool, lengths: Sequence[int]
+) -> tuple[dict[str, int], list[int] | None, str | None, str]:
+    """The step histogram from the same source as the AL: (histogram, step lengths or None,
+    source, reason). Chunks when chunks are authoritative; else counters' per-position counts
+    (exact); else one-token-per-event bursts cut to the counter step count; else none, rather
+    than a chunk histogram that contradicts the counter AL the table shows.
+    """
+    if not use_counters:
+        return al_histogram(lengths), list(lengths), SOURCE_CHUNKS, "step lengths from streamed chunks"
+    if view.accepted_per_pos is not None and view.steps > 0:
+        return (histogram_from_per_pos(view.steps, view.accepted_per_pos), None, SOURCE_COUNTERS,
+                "engine per-position accepted counts")
+    if view.has_per_request and all(all(k == 1 for k in r.chunk_tokens[1:]) for r, _ in view.per_request):
+        split = [burst_step_lengths(r, counter_steps(r.counters)) for r, _ in view.per_request]
+        if all(s is not None for s in split):
+            burst_lengths = [k for s in split for k in s[0]]  # type: ignore[index]
+            separation = min(s[1] for s in split)  # type: ignore[index]
+            clear = "unambiguous" if separation > 1 else "ambiguous in places"
+            return (al_histogram(burst_lengths), burst_lengths, SOURCE_BURSTS,
+                    f"one token per event: tokens grouped into the engine's step count at the largest arrival "
+                    f"gaps (bursts {clear}, separation {separation:.3g})")
+    return {}, None, None, "engine counters are authoritative but give no per-step breakdown"
+
+
 def output_tps(requests: Sequence[RequestRecord]) -> float | None:
     """Total tokens / (last arrival - first send) of `requests` (the measured window)."""
     if not requests:
@@ -234,17 +301,22 @@ def compute_run_metrics(
         al, per_request_als = chunk_al, chunk_als
         pooled = sum(lengths) / len(lengths) if lengths else None
 
+    histogram, hist_lengths, hist_source, hist_reason = authoritative_step_histogram(ok, view, use_counters, lengths)
     rates_from_counters = use_counters and view.accepted_per_pos is not None
     if draft_length is not None:
         gamma = draft_length
     elif rates_from_counters:
         gamma = len(view.accepted_per_pos)
     else:
-        gamma = max(max(lengths) - 1, 0) if lengths else 0
+        gamma = max(max(hist_lengths) - 1, 0) if hist_lengths else 0
     if rates_from_counters:
         rates = conditional_rates_from_counters(view.steps, view.accepted_per_pos, gamma)
+        rates_source = SOURCE_COUNTERS
+    elif hist_lengths is not None:
+        rates = conditional_rates_from_lengths(hist_lengths, gamma)
+        rates_source = hist_source
     else:
-        rates = conditional_rates_from_lengths(lengths, gamma)
+        rates, rates_source = [None] * gamma, None
 
     all_chunks = [k for r in ok for k in r.chunk_tokens]
     by_category, category_source = _al_by_category(ok, view if use_counters and view.has_per_request else None)
@@ -261,9 +333,12 @@ def compute_run_metrics(
         "acceptance_length_counters": view.al,
         "al_source": source,
         "al_source_reason": reason,
-        "al_histogram": al_histogram(lengths),
+        "al_histogram": histogram,
+        "al_histogram_source": hist_source,
+        "al_histogram_source_reason": hist_reason,
+        "al_histogram_chunks": al_histogram(lengths),
         "conditional_acceptance_rate": rates,
-        "conditional_acceptance_source": SOURCE_COUNTERS if rates_from_counters else SOURCE_CHUNKS,
+        "conditional_acceptance_source": rates_source,
         "draft_length": gamma,
         "ttft_s": stats.summarize([request_ttft(r) for r in ok]),
         "step_latency_s": stats.summarize([request_step_latency(r) for r in ok]),

@@ -554,8 +554,9 @@ def junit_properties(extra_info: Mapping[str, Any]) -> list[tuple[str, str]]:
         interval = _pair(extra_info.get(f"{path}_ci95")) if "." not in path else None
         if interval:
             props.append((f"speedbench.{path}_ci95", f"{interval.lo:.6g},{interval.hi:.6g}"))
-    if isinstance(extra_info.get("al_source"), str):
-        props.append(("speedbench.al_source", extra_info["al_source"]))
+    for key in ("al_source", "al_histogram_source"):  # where the AL and the plotted histogram come from
+        if isinstance(extra_info.get(key), str):
+            props.append((f"speedbench.{key}", extra_info[key]))
     gate = extra_info.get("gate")
     if isinstance(gate, Mapping) and gate.get("verdict"):
         props.append(("speedbench.gate", str(gate["verdict"])))
