@@ -21,8 +21,80 @@ from pytest_speedbench.errors import UsageError
 from pytest_speedbench.results.export import Run, runs_dataframe
 
 FIGURES: tuple[str, ...] = ("pareto", "al_by_category", "al_histogram", "conditional_acceptance", "speedup_vs_batch")
-_AR_STYLE = {"linestyle": "--", "marker": "s"}
-_SD_STYLE = {"linestyle": "-", "marker": "o"}
+_AR_STYLE = {"linestyle": "--"}
+_SD_STYLE = {"linestyle": "-"}
+#: 20 hues told apart on screen and in print (tab10, then Set1/Dark2-like ones that differ from it)
+PALETTE: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+    "#17becf", "#000080", "#b8860b", "#006400", "#ff1493", "#00ced1", "#8b0000", "#9acd32", "#4b0082",
+    "#ff6347", "#2f4f4f",
+)
+MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
+
+
+def series_styles(labels: Sequence[str]) -> dict[str, dict[str, str]]:
+    """A distinct (colour, marker) per series label, in first-seen order.
+
+    Colour i = PALETTE[i mod 20] and marker i = MARKERS[i mod 12]: every colour differs up to 20
+    series, and since lcm(20, 12) = 60, every (colour, marker) pair differs up to 60, so no two
+    series of a figure look alike (matplotlib's default cycle repeats after 10 colours).
+    """
+    unique = list(dict.fromkeys(labels))
+    return {label: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)]}
+            for i, label in enumerate(unique)}
+
+
+def outlier_fence(values: Sequence[float]) -> float | None:
+    """Upper fence above which a value is an outlier that would flatten the others.
+
+    fence = max(2 m, m + 6 sigma), m = median, sigma = 1.4826 x median(|v - m|) (the MAD scaled
+    to a normal's standard deviation). Robust to the outlier itself (unlike mean + k std) and,
+    unlike Tukey's quartile fence, still works with a handful of points. None below 3 values.
+    """
+    import numpy as np
+
+    arr = np.asarray([v for v in values if v == v], dtype=float)
+    if arr.size < 3:
+        return None
+    m = float(np.median(arr))
+    sigma = 1.4826 * float(np.median(np.abs(arr - m)))
+    return max(2.0 * m, m + 6.0 * sigma)
+
+
+def _legend_columns(labels: Sequence[str], width_in: float = 8.0) -> int:
+    """Columns that fit a figure `width_in` inches wide: ~0.075 in per 8 pt character plus the
+    handle, so a below-the-plot legend is never cut at the figure's edges."""
+    longest = max((len(label) for label in labels), default=1)
+    return max(1, min(len(labels), 4, int(width_in / (0.075 * longest + 0.6))))
+
+
+def _boxes_overlap(a: Any, b: Any, pad: float = 1.0) -> bool:
+    return not (a.x1 + pad < b.x0 or b.x1 + pad < a.x0 or a.y1 + pad < b.y0 or b.y1 + pad < a.y0)
+
+
+def place_labels(fig: Any, ax: Any, items: Sequence[tuple[str, tuple[float, float], str]], fontsize: int = 7) -> int:
+    """Annotate points without overlap: each label tries four offsets around its point and is
+    dropped when all of them collide with a label already placed (the same information is
+    readable from its neighbours). Returns how many were dropped."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # final layout, so extents are where they will be drawn
+    renderer = fig.canvas.get_renderer()
+    placed: list[Any] = []
+    dropped = 0
+    for text, xy, color in items:
+        for offset in ((4, 4), (4, -11), (-20, 4), (-20, -11)):
+            ann = ax.annotate(text, xy, textcoords="offset points", xytext=offset, fontsize=fontsize, color=color)
+            box = ann.get_window_extent(renderer)
+            if not any(_boxes_overlap(box, other) for other in placed):
+                placed.append(box)
+                break
+            ann.remove()
+        else:
+            dropped += 1
+    return dropped
 
 
 def _figure(width: float = 7.5, height: float = 4.8) -> Any:
@@ -83,20 +155,22 @@ def plot_pareto(frame: Any) -> Any | None:
     if data.empty:
         return None
     data = _with_series(data)
-    fig = _figure()
+    styles = series_styles(list(data["series"]))
+    fig = _figure(8.0, 5.6)
     ax = fig.add_subplot()
+    labels: list[tuple[str, tuple[float, float], str]] = []
     for series, group in data.groupby("series", sort=False):
         group = group.sort_values("batch_size")
         style = _AR_STYLE if group["drafter"].iloc[0] == "none" else _SD_STYLE
-        (line,) = ax.plot(group["x"], group["y"], label=series, **style)
-        for _, row in group.iterrows():
-            ax.annotate(f"bs{row['batch_size']}", (row["x"], row["y"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color=line.get_color())
+        ax.plot(group["x"], group["y"], label=series, **style, **styles[series])
+        labels += [(f"bs{row['batch_size']}", (row["x"], row["y"]), styles[series]["color"])
+                   for _, row in group.iterrows()]
     ax.set_xlabel("user TPS (tokens/s per request, mean)")
     ax.set_ylabel("output TPS (tokens/s, all requests)")
     ax.set_title("Throughput vs per-user speed over batch sizes (SD solid, AR dashed)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside lower center", ncols=_legend_columns(list(styles)), fontsize=8)
+    place_labels(fig, ax, labels)
     return fig
 
 
@@ -124,6 +198,7 @@ def plot_al_by_category(frame: Any) -> Any | None:
         group = _with_series(group)
         labels = ["overall", *(c.split(".", 1)[1] for c in cols)]
         series = list(dict.fromkeys(group["series"]))
+        styles = series_styles(series)
         x = np.arange(len(labels))
         width = 0.8 / len(series)
         for i, name in enumerate(series):
@@ -131,7 +206,8 @@ def plot_al_by_category(frame: Any) -> Any | None:
             mean = _num(rows, "acceptance_length").mean()
             lo, hi = _num(rows, "acceptance_length_ci95_lo").mean(), _num(rows, "acceptance_length_ci95_hi").mean()
             heights = [mean, *(_num(rows, c).mean() for c in cols)]
-            bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+            bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name,
+                          color=styles[name]["color"])
             if np.isfinite(lo) and np.isfinite(hi) and np.isfinite(mean):
                 ax.errorbar(bars[0].get_x() + width / 2, mean, yerr=[[max(0, mean - lo)], [max(0, hi - mean)]],
                             color="black", capsize=3, linewidth=1)
@@ -169,11 +245,13 @@ def plot_al_histogram(frame: Any) -> Any | None:
     ks = sorted({k for h in hists.values() for k in h})
     x = np.arange(len(ks))
     width = 0.8 / len(hists)
+    styles = series_styles(list(hists))
     fig = _figure()
     ax = fig.add_subplot()
     for i, (series, counts) in enumerate(hists.items()):
         total = sum(counts.values())
-        ax.bar(x + (i - (len(hists) - 1) / 2) * width, [counts.get(k, 0) / total for k in ks], width, label=series)
+        ax.bar(x + (i - (len(hists) - 1) / 2) * width, [counts.get(k, 0) / total for k in ks], width, label=series,
+               color=styles[series]["color"])
     ax.set_xticks(x, [str(k) for k in ks])
     ax.set_xlabel("tokens produced by a verification step (1 = no draft token accepted)")
     ax.set_ylabel("share of steps")
@@ -219,10 +297,11 @@ def plot_conditional_acceptance(frame: Any) -> Any | None:
             curves[series] = rates
     if not curves:
         return None
+    styles = series_styles(list(curves))
     fig = _figure()
     ax = fig.add_subplot()
     for series, rates in curves.items():
-        ax.plot(range(1, len(rates) + 1), rates, marker="o", label=series)
+        ax.plot(range(1, len(rates) + 1), rates, label=series, **styles[series])
     ax.set_xlabel("draft position i")
     ax.set_ylabel("P(token i accepted | tokens < i accepted)")
     ax.set_ylim(0, 1.05)
@@ -241,7 +320,15 @@ def plot_speedup_vs_batch(frame: Any) -> Any | None:
     if data.empty or not metrics:
         return None
     data = _with_series(data)
-    fig = _figure(4.2 * len(metrics), 4.4)
+    styles = series_styles(list(data["series"]))
+    values = [float(v) for m in metrics for v in _num(data, m).dropna()]
+    fence = outlier_fence(values)
+    inliers = [v for v in values if fence is None or v <= fence]
+    top = None
+    if fence is not None and len(inliers) < len(values):
+        ci_tops = [float(v) for m in metrics for v in _num(data, f"{m}_ci95_hi").dropna() if v <= fence]
+        top = max(inliers + ci_tops + [1.0]) * 1.12
+    fig = _figure(4.2 * len(metrics), 4.6)
     axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
     for ax, metric in zip(axes, metrics):
         for series, group in data.groupby("series", sort=False):
@@ -249,9 +336,22 @@ def plot_speedup_vs_batch(frame: Any) -> Any | None:
             if group.empty:
                 continue
             lo, hi = _num(group, f"{metric}_ci95_lo"), _num(group, f"{metric}_ci95_hi")
-            has_ci = lo.notna().all() and hi.notna().all()
-            yerr = [(group["y"] - lo).clip(lower=0), (hi - group["y"]).clip(lower=0)] if has_ci else None
-            ax.errorbar(group["batch_size"].astype(float), group["y"], yerr=yerr, marker="o", capsize=3, label=series)
+            if top is not None:  # bars of off-scale points would span the whole panel
+                off = group["y"] > fence
+                lo, hi = lo.where(~off), hi.where(~off)
+            has_ci = lo.notna().any() and hi.notna().any()
+            yerr = [(group["y"] - lo).clip(lower=0).fillna(0), (hi - group["y"]).clip(lower=0).fillna(0)] \
+                if has_ci else None
+            shown = group["y"].where(group["y"] <= fence) if top is not None else group["y"]
+            ax.errorbar(group["batch_size"].astype(float), shown, yerr=yerr, capsize=3, label=series,
+                        **styles[series])
+            if top is not None:
+                for _, row in group[group["y"] > fence].iterrows():
+                    ax.plot([float(row["batch_size"])], [top * 0.96], marker="^", markersize=9, linestyle="none",
+                            color=styles[series]["color"], markeredgecolor="black")
+                    ax.annotate(f"{row['y']:.3g} off scale", (float(row["batch_size"]), top * 0.96),
+                                textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7,
+                                color=styles[series]["color"])
         ax.axhline(1.0, color="gray", linewidth=0.8, linestyle=":")
         ax.set_xscale("log", base=2)
         sizes = sorted({int(b) for b in data["batch_size"].dropna()})
@@ -260,10 +360,16 @@ def plot_speedup_vs_batch(frame: Any) -> Any | None:
         ax.set_xlabel("batch size (concurrent requests)")
         ax.set_title(metric.replace("_", " "))
         ax.grid(True, alpha=0.3)
+    if top is not None:
+        axes[0].set_ylim(0, top)
     axes[0].set_ylabel("speedup over autoregressive")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, max(1, len(labels))), fontsize=8)
-    fig.suptitle("Speculative decoding speedup against batch size (95% CI bars)")
+    fig.legend(handles, labels, loc="outside lower center", ncols=_legend_columns(labels, 4.2 * len(metrics)),
+               fontsize=8)
+    title = "Speculative decoding speedup against batch size (95% CI bars)"
+    if top is not None:
+        title += f"\n(triangles: outliers above {fence:.3g}, off scale)"
+    fig.suptitle(title)
     return fig
 
 
