@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.metrics import run as metrics
+from pytest_speedbench.metrics.per_request import mean_isl, per_request_rows
 from pytest_speedbench.measure.client import LoadSpec, run_load
 from pytest_speedbench.settings.options import Settings
 from pytest_speedbench.engines import DRAFTERS, engine_class, get_entry
@@ -225,6 +226,9 @@ class SpeedbenchSession:
         extra["client"] = run.client_info
         extra["engine_counters"] = run.engine_counters  # run-level deltas (vLLM), for audit
         extra["engine_key"] = self.engine_key(case)
+        lengths = {item.prompt_id: len(item.first_ids) for item in items}
+        extra["per_request"] = per_request_rows(run, extra.get("al_source"), lengths)
+        extra["isl_mean"] = mean_isl(extra["per_request"])
         self.runs[case] = (run, extra)
         return run, extra
 

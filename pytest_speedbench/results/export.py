@@ -57,6 +57,8 @@ def flatten_benchmark(bench: Mapping[str, Any]) -> dict[str, Any]:
         row[key] = params.get(key)
     info = bench.get("extra_info") or {}
     for key, value in info.items():
+        if key == "per_request":  # one row per request: `speedbench sweep|predict` read it, tables do not
+            continue
         if key == "gate" and isinstance(value, Mapping):
             row["gate.verdict"] = value.get("verdict")
             row["gate.reasons"] = "; ".join(str(r) for r in value.get("reasons") or [])
