@@ -1,0 +1,170 @@
+"""`speedbench sweep` and `speedbench predict` on synthetic results files with per-request rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_speedbench.cli import main
+
+CATS = {"qualitative": ("coding", "writing"), "throughput": ("low_entropy", "high_entropy"),
+        "random": ("low_entropy", "high_entropy")}
+AL = {"coding": 2.4, "writing": 1.5, "low_entropy": 2.6, "high_entropy": 1.3}
+ISL = {None: 120, "1k": 1000, "2k": 2000}
+
+
+def t_ar(isl: float, bs: int) -> float:
+    return (0.010 + 3e-6 * isl) * (1 + 0.25 * (bs - 1))
+
+
+def t_sd(isl: float, bs: int, g: int) -> float:
+    """SD steps cost more per draft token, much more at batch size 4: best gamma falls with batch size."""
+    return t_ar(isl, bs) * (1.05 + (0.04 if bs == 1 else 0.35) * g)
+
+
+def al_of(cat: str, g: int, split: str) -> float:
+    if split == "random":
+        return 1.0 + (AL[cat] - 1.0) * 1.3 * (1 - 0.5 ** g) / 0.5  # inflated by trivial outputs
+    return 1.0 + (AL[cat] - 1.0) * (1 - 0.5 ** g) / 0.5
+
+
+def entry(split: str, bucket: str | None, bs: int, drafter: str, g: int | None, rng) -> dict:
+    rows = []
+    for i, cat in enumerate(c for c in CATS[split] for _ in range(8)):
+        isl = ISL[bucket] + int(rng.integers(-20, 20))
+        al = al_of(cat, g, split) * rng.normal(1, 0.03) if g else 1.0
+        step = (t_sd(isl, bs, g) if g else t_ar(isl, bs)) * rng.normal(1, 0.02)
+        steps = round(32 / al)
+        decode = steps * step
+        rows.append({"id": f"{split}-{i}", "cat": cat, "turn": 0, "isl": isl, "tokens": 33, "step_tokens": 32,
+                     "e2e_s": decode + 0.05, "decode_s": decode, "steps": steps, "al": 32 / steps if g else 1.0})
+    window = sum(r["e2e_s"] for r in rows) / bs
+    info = {"per_request": rows, "isl_mean": float(np.mean([r["isl"] for r in rows])),
+            "output_tps": sum(r["tokens"] for r in rows) / window,
+            "user_tps": {"mean": float(np.mean([32 / r["decode_s"] for r in rows]))},
+            "acceptance_length": float(np.mean([r["al"] for r in rows])), "draft_length": g or 0}
+    params = {"engine": "llamacpp", "drafter": drafter, "split": split, "bucket": bucket, "batch_size": bs,
+              "temperature": 0.0}
+    if g:
+        params["draft_length"] = g
+    ws = split if bucket is None else f"{split}-{bucket}"
+    cid = f"llamacpp-{drafter}-{ws}-bs{bs}-t0" + (f"-g{g}" if g else "")
+    return {"name": f"test_speedbench[{cid}]", "param": cid, "params": params, "extra_info": info}
+
+
+def add_speedups(benches: list[dict]) -> None:
+    ar = {(b["params"]["split"], b["params"]["bucket"], b["params"]["batch_size"]): b for b in benches
+          if b["params"]["drafter"] == "none"}
+    for b in benches:
+        p = b["params"]
+        if p["drafter"] == "none":
+            continue
+        twin = ar[(p["split"], p["bucket"], p["batch_size"])]
+        b["extra_info"]["speedup_output_tps"] = b["extra_info"]["output_tps"] / twin["extra_info"]["output_tps"]
+        b["extra_info"]["speedup_user_tps"] = b["extra_info"]["user_tps"]["mean"] / twin["extra_info"]["user_tps"]["mean"]
+        b["extra_info"]["speedup_baseline"] = twin["param"]
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    benches = []
+    for split, bucket in (("qualitative", None), ("throughput", "1k"), ("throughput", "2k"), ("random", "1k")):
+        for bs in (1, 4):
+            benches.append(entry(split, bucket, bs, "none", None, rng))
+            for g in (1, 2, 3, 4) if (split, bucket) == ("throughput", "1k") else (2,):
+                benches.append(entry(split, bucket, bs, "ngram", g, rng))
+    add_speedups(benches)
+    path = tmp_path / "0001_sweep.json"
+    path.write_text(json.dumps({"benchmarks": benches}))
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sweep_picks_a_shorter_draft_at_the_larger_batch_size(capsys, results: Path) -> None:
+    code, out, _ = run(capsys, "sweep", str(results), "--format", "csv", "--n-boot", "500")
+    assert code == 0
+    table = out.split("\n\n")[0]
+    rows = [r for r in csv.DictReader(io.StringIO(table)) if r["workload"] == "throughput-1k"]
+    best = {int(r["batch_size"]): int(r["draft_length"]) for r in rows if r["choice"] == "best"}
+    assert best[1] > best[4]
+    assert best[4] == 1
+    for r in rows:
+        assert float(r["ci95_lo"]) <= float(r["speedup_output_tps"]) <= float(r["ci95_hi"])
+    assert {r["beats_runner_up"] for r in rows if r["choice"] == "best"} <= {"True", "False"}
+    assert sorted({int(r["draft_length"]) for r in rows}) == [1, 2, 3, 4]
+
+
+def test_sweep_text_markdown_plot_and_control(capsys, results: Path, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "sweep", str(results), "--n-boot", "300", "--plot", str(tmp_path / "figs"))
+    assert code == 0
+    assert "speedup (out TPS)" in out and "best" in out
+    assert "random-token control vs the real bucket" in out
+    pngs = sorted((tmp_path / "figs").glob("*.png"))
+    assert any("throughput-1k" in p.name for p in pngs)
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    code, md, _ = run(capsys, "sweep", str(results), "--format", "markdown", "--n-boot", "300")
+    assert md.startswith("| engine drafter workload |")
+
+
+def test_control_reports_the_overestimation(capsys, results: Path) -> None:
+    code, out, _ = run(capsys, "sweep", str(results), "--format", "csv", "--n-boot", "300")
+    control = list(csv.DictReader(io.StringIO(out.split("\n\n")[-1].strip())))
+    (bs1,) = [r for r in control if r["batch_size"] == "1"]
+    expected = (float(bs1["al_random"]) - float(bs1["al_real"])) / float(bs1["al_real"]) * 100
+    assert float(bs1["al_overestimation_pct"]) == pytest.approx(expected)
+    assert float(bs1["al_overestimation_pct"]) > 10  # the synthetic control inflates AL by ~30%
+    assert float(bs1["speedup_overestimation_pct"]) > 0
+
+
+def test_sweep_usage_errors(capsys, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    code, _, err = run(capsys, "sweep", str(empty))
+    assert code == 2 and "no speculative case with a draft length" in err
+    code, _, err = run(capsys, "sweep", str(empty), "--n-boot", "10")
+    assert code == 2 and "--n-boot 10" in err
+
+
+def test_predict_interpolates_between_buckets(capsys, results: Path) -> None:
+    code, out, _ = run(capsys, "predict", str(results), "--mix", "coding=0.5,writing=0.5", "--isl", "1500",
+                       "--batch-size", "1", "--draft-length", "2", "--n-boot", "400")
+    assert code == 0, out
+    line = next(ln for ln in out.splitlines() if "predicted speedup" in ln)
+    value = float(line.split(": ")[1].split()[0])
+    al = np.mean([al_of("coding", 2, "qualitative"), al_of("writing", 2, "qualitative")])
+    truth = t_ar(1500, 1) * al / t_sd(1500, 1, 2)
+    assert value == pytest.approx(truth, rel=0.06)
+
+
+def test_predict_check_reports_held_out_errors(capsys, results: Path) -> None:
+    code, out, _ = run(capsys, "predict", str(results), "--check", "--draft-length", "2", "--n-boot", "300")
+    assert code == 0
+    held = [ln for ln in out.splitlines() if ln.startswith("    ") and "error" in ln]
+    assert len(held) >= 4  # 3 workloads x 2 batch sizes minus those that cannot be fitted
+    errors = [abs(float(ln.split("error ")[1].split("%")[0])) for ln in held]
+    assert max(errors) < 15
+    assert "random" not in out  # the control never feeds a prediction
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mix", "math=1", "--isl", "1000", "--batch-size", "1"], "no measured AL for math"),
+    (["--mix", "coding:1", "--isl", "1000", "--batch-size", "1"], "'coding:1' is not CATEGORY=WEIGHT"),
+    (["--mix", "coding=1", "--isl", "1000", "--batch-size", "8"], "batch size 8 is outside the measured batch sizes 1, 4"),
+    (["--mix", "coding=1", "--isl", "0", "--batch-size", "1"], "--isl 0"),
+    (["--mix", "coding=1"], "give --mix, --isl and --batch-size"),
+    (["--check", "--drafter", "eagle3"], "--drafter eagle3: not in these results; valid: ngram"),
+])
+def test_predict_usage_errors_name_the_bad_value(capsys, results: Path, argv: list[str], message: str) -> None:
+    code, _, err = run(capsys, "predict", str(results), "--draft-length", "2", *argv)
+    assert code == 2 and message in err, err
