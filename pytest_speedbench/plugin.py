@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ import pytest
 from pytest_speedbench import hookspecs
 from pytest_speedbench.settings.options import OPTIONS, build_settings
 from pytest_speedbench.engines.base import Engine
-from pytest_speedbench.errors import UsageError
+from pytest_speedbench.errors import EngineNotInstalled, UsageError
+from pytest_speedbench.progress import CaseProgress, Terminal, minutes
 from pytest_speedbench.settings.matrix import Case
 from pytest_speedbench.session import CaseResult, SpeedbenchSession
 
@@ -94,13 +96,27 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Say which combinations were left out and why, even under -q."""
+    """Say which combinations were left out and why, even under -q; a run that would measure
+    nothing is a usage error."""
     speedbench = session.config.stash.get(SESSION_KEY, None)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if speedbench is None or reporter is None or not _uses_speedbench(session.items):
+    if speedbench is None or not _uses_speedbench(session.items):
         return
+    terminal = Terminal(session.config)
     for reason in speedbench.matrix.dropped:
-        reporter.write_line(f"speedbench: not generated: {reason}")
+        terminal.line(f"speedbench: not generated: {reason}", always=True)
+    problem = speedbench.nothing_to_measure(_cases(session.items))
+    if problem is not None:
+        raise pytest.UsageError(f"pytest-speedbench: {problem}")
+
+
+def _cases(items: list[pytest.Item]) -> list[Case]:
+    cases = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        case = callspec.params.get(CASE_FIXTURE) if callspec else None
+        if isinstance(case, Case):
+            cases.append(case)
+    return cases
 
 
 def _uses_speedbench(items: list[pytest.Item]) -> bool:
@@ -135,8 +151,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def speedbench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """The running engine instance for one (engine, drafter) configuration; started once."""
-    engine = _session(request.config).start_engine(request.param)
+    """The running engine instance for one (engine, drafter) configuration; started once.
+    An engine that turns out not to be installed skips its cases with the reason."""
+    session, terminal = _session(request.config), Terminal(request.config)
+    try:
+        # first build or convert, once and cached, what this engine still needs, saying so
+        session.prepare([request.param.partition("-")[0]], lambda text: terminal.line(text, always=True),
+                        detailed=not terminal.quiet)
+        engine = session.start_engine(request.param)
+    except EngineNotInstalled as exc:
+        pytest.skip(f"{request.param.partition('-')[0]} is not available: {exc}")
     try:
         yield engine
     finally:
@@ -147,8 +171,13 @@ def speedbench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
 def speedbench_run(request: pytest.FixtureRequest, speedbench_case: Case, speedbench_engine: Engine) -> CaseResult:
     """Measure this case against the engine and return its result; call `.check()` to gate."""
     session = _session(request.config)
-    result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name)
+    terminal = Terminal(request.config)
+    result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name,
+                              progress=CaseProgress(terminal.line, speedbench_case.id))
     request.node.user_properties.extend(result.junit_properties())
+    first = session.note_result()
+    if first is not None:
+        terminal.line(f"speedbench: first result after {minutes(first)} (since the session started)")
     return result
 
 
@@ -180,5 +209,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     tr.write_sep("-", "speedbench summary")
     for line in session.summary_lines():
         tr.write_line(line)
+    if session.first_result_s is not None:
+        tr.write_line(f"speedbench: first result after {minutes(session.first_result_s)}, "
+                      f"{len(session.book.entries)} case(s) in {minutes(time.monotonic() - session.started)}")
     for path in session.book.paths:
         tr.write_line(f"speedbench results saved to {path}")

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.metrics import run as metrics
 from pytest_speedbench.metrics.per_request import mean_isl, per_request_rows
-from pytest_speedbench.measure.client import LoadSpec, run_load
+from pytest_speedbench.measure.client import LoadSpec, Progress, run_load
 from pytest_speedbench.settings.options import Settings
 from pytest_speedbench.engines import DRAFTERS, engine_class, get_entry
 from pytest_speedbench.engines.base import Engine, EngineConfig
@@ -52,6 +53,8 @@ class CaseResult:
 
 
 def build_matrix(settings: Settings) -> Matrix:
+    from pytest_speedbench.data.loaders import available_configs
+
     engines = settings.engine
     drafters = list(settings.drafter)
     urls = settings.server_urls()
@@ -67,6 +70,8 @@ def build_matrix(settings: Settings) -> Matrix:
         settings.temperature,
         {e: settings.batch_sizes_for(e) for e in engines},
         buckets_explicit="bucket" in settings.explicit,
+        configs=available_configs(settings.dataset),
+        dataset=settings.dataset,
     )
 
 
@@ -101,6 +106,11 @@ class SpeedbenchSession:
         self.runs: dict[Case, tuple[RunRecords, dict[str, Any]]] = {}
         self.engine_info: dict[str, dict[str, Any]] = {}
         self._availability: dict[str, str | None] = {}
+        #: engines the session may prepare (build, convert) before the first test: not named by the user
+        self.preparable: set[str] = set()
+        self._prepared: set[str] = set()
+        self.started = time.monotonic()
+        self.first_result_s: float | None = None
         self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
         self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.engine_info})
         self._init_gates()
@@ -175,8 +185,14 @@ class SpeedbenchSession:
         )
 
     def availability(self, engine: str) -> str | None:
-        """None when the engine can run, else the reason it cannot (explicit ones raise)."""
+        """None when the engine can run (maybe after preparing it), else the reason it cannot.
+
+        An engine the user named must be ready: it raises (a usage error before anything
+        starts). One from a profile or the defaults is prepared when it can be, else skipped.
+        """
         if engine not in self._availability:
+            from pytest_speedbench.engines.prepare import preparations_for
+
             reason = None
             if not self.settings.server_urls():
                 check = getattr(engine_class(engine), "check_installed", None)
@@ -186,9 +202,50 @@ class SpeedbenchSession:
                 except EngineNotInstalled as exc:
                     if "engine" in self.settings.explicit:
                         raise
-                    reason = str(exc)
+                    if preparations_for(engine, self.engine_config(f"{engine}-none").model):
+                        self.preparable.add(engine)
+                    else:
+                        reason = str(exc)
             self._availability[engine] = reason
         return self._availability[engine]
+
+    def prepare(self, engines: list[str], say: Callable[[str], None], detailed: bool) -> None:
+        """Build or convert, once and cached, what the engines about to start still need; an
+        engine whose preparation fails is skipped with the reason (never one error per test).
+
+        Called as each engine first starts, not before the first test: the demo's first result
+        (hf) then comes before llama.cpp's build, not after it."""
+        from pytest_speedbench.engines.prepare import preparations_for, run_preparations
+
+        steps = []
+        for engine in dict.fromkeys(engines):
+            if self.settings.server_urls() or engine in self._prepared or self._availability.get(engine):
+                continue
+            self._prepared.add(engine)
+            found = preparations_for(engine, self.engine_config(f"{engine}-none").model)
+            if engine not in self.preparable:  # named or ready: only the cheap, transparent steps
+                found = [step for step in found if not step.installs]
+            steps += found
+        for engine, reason in run_preparations(steps, say, detailed).items():
+            self._availability[engine] = reason
+
+    def nothing_to_measure(self, cases: list[Case]) -> str | None:
+        """Why a run would measure nothing (no case, or every case skipped), else None."""
+        if not cases:
+            dropped = "; ".join(self.matrix.dropped) or "the options select no combination"
+            return f"nothing to measure: the matrix is empty ({dropped})"
+        reasons = [self.skip_reason(case) for case in cases]
+        if all(reasons):
+            unique = "; ".join(dict.fromkeys(r for r in reasons if r))
+            return f"nothing to measure: every case is skipped ({unique})"
+        return None
+
+    def note_result(self) -> float | None:
+        """Seconds from session start to this result, the first time only."""
+        if self.first_result_s is not None:
+            return None
+        self.first_result_s = time.monotonic() - self.started
+        return self.first_result_s
 
     def skip_reason(self, case: Case) -> str | None:
         reason = self.availability(case.engine)
@@ -206,6 +263,9 @@ class SpeedbenchSession:
         from pytest_speedbench.engines import create_engine
 
         config = self.engine_config(key)
+        reason = self._availability.get(config.engine)
+        if reason:  # its preparation failed after collection
+            raise EngineNotInstalled(reason)
         engine = create_engine(config, self.workdir / key)
         (self.workdir / key).mkdir(parents=True, exist_ok=True)
         engine.start()
@@ -217,9 +277,9 @@ class SpeedbenchSession:
         s = self.settings
         return LoadSpec(case.batch_size, s.output_len, case.temperature, s.warmup, s.request_timeout, s.seed)
 
-    def measure(self, case: Case, engine: Engine) -> tuple[RunRecords, dict[str, Any]]:
+    def measure(self, case: Case, engine: Engine, progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
         items = self.workload.items(case.dataset_config)
-        run = run_load(engine, items, self.load_spec(case), self.workload.encoder)
+        run = run_load(engine, items, self.load_spec(case), self.workload.encoder, progress)
         draft_length = self.engine_config(self.engine_key(case)).draft_length if case.is_speculative else None
         extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
         extra.update(self.speedups_for(case, run, extra))
@@ -244,10 +304,11 @@ class SpeedbenchSession:
         out["speedup_baseline"] = twin.id
         return out
 
-    def run_case(self, case: Case, engine: Engine, nodeid: str, name: str) -> CaseResult:
+    def run_case(self, case: Case, engine: Engine, nodeid: str, name: str,
+                 progress: Progress | None = None) -> CaseResult:
         """Measure, compute, gate and save one case; failures are recorded before raising."""
         try:
-            run, extra = self.measure(case, engine)
+            run, extra = self.measure(case, engine, progress)
         except BaseException as exc:
             self.record_error(case, nodeid, name, f"{type(exc).__name__}: {exc}")
             raise
@@ -330,10 +391,18 @@ class ResultsBook:
         self._commit: dict[str, Any] | None = None
 
     def check_writable(self) -> None:
-        """Fail early when a results folder cannot be created or written."""
+        """Fail early when a results folder cannot be created or written.
+
+        Autosave is on by default, and the plugin is loaded by every pytest run in an
+        environment that has it: unless asked for by name, the autosave folder is checked
+        without creating it (nothing appears in a project that runs no benchmark).
+        """
         folders = [self._json_path.parent] if self._json_path is not None else []
-        if self.settings.autosave:
+        if self.settings.autosave and "autosave" in self.settings.explicit:
             folders.append(self.storage.folder)
+        elif self.settings.autosave and not _creatable(self.storage.folder):
+            raise UsageError(f"cannot write results to {self.storage.folder} (autosave is on by default; "
+                             "--speedbench-storage=DIR picks another folder, --speedbench-autosave=off none)")
         for folder in folders:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -356,7 +425,7 @@ class ResultsBook:
     def save(self, document: dict[str, Any]) -> list[Path]:
         from pytest_speedbench.results.document import write_atomic
 
-        if not self.enabled:
+        if not self.enabled or not self.entries:  # nothing measured (an xdist run of other tests)
             return []
         written = []
         if self._json_path is not None:
@@ -368,3 +437,11 @@ class ResultsBook:
             written.append(write_atomic(self._autosave_path, document))
         self.paths = written
         return written
+
+
+def _creatable(folder: Path) -> bool:
+    """Whether `folder` exists writable or could be made in its nearest existing parent."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return candidate.is_dir() and os.access(candidate, os.W_OK | os.X_OK)
+    return False

@@ -131,7 +131,7 @@ def test_disk_full_while_saving_keeps_the_measured_results(suite, pytester, monk
         real_fsync(fd)
 
     monkeypatch.setattr(results.os, "fsync", fsync)
-    result, out = suite()
+    result, out = suite("--speedbench-autosave=off")  # one file per save, so the second save is case 2's
     outcomes = result.parseoutcomes()
     assert outcomes.get("passed") == 1 and outcomes.get("failed", 0) + outcomes.get("errors", 0) == 1, outcomes
     assert f"cannot write results to {out}: [Errno 28] No space left on device" in result.stdout.str()

@@ -190,6 +190,19 @@ def _read_prepared(root: Path, config: str) -> list[Row]:
     return [row for f in files for row in read_file(f)]
 
 
+def available_configs(dataset: str) -> tuple[str, ...] | None:
+    """The configs a dataset spec can serve, without reading rows; None when only reading would
+    tell (a single file, the hub), so the matrix keeps every combination."""
+    if dataset == "bundled":
+        return bundled_configs()
+    if dataset == "mtbench" or dataset.startswith(("mtbench:", "specbench:")):
+        return ("qualitative",)
+    if dataset.startswith("hf:") or dataset == "hf":
+        return None
+    path = Path(dataset)
+    return prepared_configs(path) if path.is_dir() else None
+
+
 def check_dataset(dataset: str) -> None:
     """Cheap up-front check of a dataset spec's form and path (no rows read), so a typo stops
     the session before any engine starts."""

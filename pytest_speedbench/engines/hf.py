@@ -156,6 +156,16 @@ class HFEngine(InProcessEngine):
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @classmethod
+    def check_installed(cls) -> None:
+        """torch and transformers importable (found, not imported: the matrix is built at once)."""
+        import importlib.util
+
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise EngineNotInstalled(f"engine hf needs {' and '.join(missing)}: "
+                                     "pip install torch==2.13.0 'pytest-speedbench[hf]'")
+
     def start(self) -> None:
         try:
             import torch

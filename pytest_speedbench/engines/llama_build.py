@@ -188,7 +188,8 @@ def find_llama_server(env: dict[str, str] | None = None) -> Path:
     reason = manifest_problem(layout) or "binary not executable"
     raise EngineNotInstalled(
         f"llama-server not found ({ENV_BINARY} unset, cache: {reason}, not on PATH); "
-        f"build it once with `{BUILD_COMMAND}` (llama.cpp b{BUILD_NUMBER}, ~4-7 min on 2 cores; in tox: `tox -e llama-server`)"
+        f"build it once with `tox -e llama-server` or `{BUILD_COMMAND}` (llama.cpp b{BUILD_NUMBER}, "
+        "~4-7 min on 2 cores; needs cmake and a C++ compiler)"
     )
 
 

@@ -227,6 +227,11 @@ class LlamaCppEngine(ServerEngine):
         self._draft_model: Path | None = None
 
     # -- lifecycle --
+    @classmethod
+    def check_installed(cls) -> None:
+        """A built llama-server (the cache, $SPEEDBENCH_LLAMA_SERVER or PATH); the error says how to build it."""
+        find_llama_server()
+
     def start(self) -> None:
         if not self.base_url:
             self._launch_llama_server()

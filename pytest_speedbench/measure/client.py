@@ -32,6 +32,10 @@ class ClientLimitedWarning(UserWarning):
     """The client's own event-loop delay was large enough to distort the reported latencies."""
 
 
+#: called with (conversations done, conversations in the measured set) as each one finishes
+Progress = Callable[[int, int], None]
+
+
 class ConversationEncoder(Protocol):
     def encode_conversation(self, messages: list[dict[str, str]]) -> list[int]: ...
 
@@ -169,10 +173,12 @@ async def _drive(
     *,
     warmup: bool,
     counter: Iterator[int],
+    progress: Progress | None = None,
 ) -> list[RequestRecord]:
     """Run conversations with exactly batch_size in flight; returns records in finish order."""
     records: list[RequestRecord] = []
     queue = iter(items)
+    done = 0
 
     async def conversation(item: WorkItem) -> None:
         messages: list[dict[str, str]] = []
@@ -193,8 +199,12 @@ async def _drive(
                 messages.append({"role": "assistant", "content": encoder.decode(record.output_ids)})
 
     async def worker() -> None:
+        nonlocal done
         for item in queue:
             await conversation(item)
+            done += 1
+            if progress is not None:
+                progress(done, len(items))
 
     await asyncio.gather(*(worker() for _ in range(max(1, spec.batch_size))))
     return records
@@ -202,7 +212,7 @@ async def _drive(
 
 async def run_http(
     engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
-    *, measure: bool = True,
+    *, measure: bool = True, progress: Progress | None = None,
 ) -> RunRecords:
     """Single event loop: every stream of the run in this process (`measure=False`: warmup only)."""
     kind = spec.resolved_transport()
@@ -228,7 +238,8 @@ async def run_http(
         events = 0
         cpu0 = time.process_time()
         monitor.start()
-        measured = await _drive(items, spec, encoder, send_turn, warmup=False, counter=counter) if measure else []
+        measured = await _drive(items, spec, encoder, send_turn, warmup=False, counter=counter,
+                                progress=progress) if measure else []
         lag = await monitor.stop()
         cpu = time.process_time() - cpu0
         after = await engine.run_counters()
@@ -311,7 +322,8 @@ def _finish_client_info(run: RunRecords) -> RunRecords:
 
 
 def run_inprocess(
-    engine: InProcessEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None
+    engine: InProcessEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
+    progress: Progress | None = None,
 ) -> RunRecords:
     """In-process engines serve one request at a time: a plain loop, no event loop in the way."""
     if engine.max_concurrency is not None and spec.batch_size > engine.max_concurrency:
@@ -340,17 +352,22 @@ def run_inprocess(
     async def main() -> list[RequestRecord]:
         counter = itertools.count()
         warm = await _drive(_warmup_items(items, spec.warmup), spec, encoder, async_send, warmup=True, counter=counter)
-        return warm + await _drive(items, spec, encoder, async_send, warmup=False, counter=counter)
+        return warm + await _drive(items, spec, encoder, async_send, warmup=False, counter=counter,
+                                   progress=progress)
 
     return RunRecords(asyncio.run(main()), None, {"transport": "in-process", "sharded": False})
 
 
 def run_load(
-    engine: Engine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None = None
+    engine: Engine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None = None,
+    progress: Progress | None = None,
 ) -> RunRecords:
-    """Drive one case's load against an engine and return everything it measured."""
+    """Drive one case's load against an engine and return everything it measured.
+
+    `progress` hears of each finished measured conversation (not from sharded worker processes).
+    """
     if isinstance(engine, InProcessEngine):
-        return run_inprocess(engine, items, spec, encoder)
+        return run_inprocess(engine, items, spec, encoder, progress)
     if isinstance(engine, HttpEngine):
         from pytest_speedbench.measure.sharding import plan_shards
 
@@ -358,7 +375,7 @@ def run_load(
         blocker = _shard_blocker(engine, items, encoder) if plan.sharded else None
         if plan.sharded and blocker is None:
             return _finish_client_info(run_http_sharded(engine, items, spec, encoder, plan))
-        run = asyncio_run(run_http(engine, items, spec, encoder))
+        run = asyncio_run(run_http(engine, items, spec, encoder, progress=progress))
         run.client_info["shard_reason"] = plan.reason if blocker is None else f"not sharded: {blocker}"
         if blocker:
             run.client_info["shard_blocked"] = blocker

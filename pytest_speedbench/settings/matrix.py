@@ -5,7 +5,7 @@ Pure functions only: the plugin turns the result into parametrized tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from pytest_speedbench.engines import get_entry
@@ -77,13 +77,20 @@ def expand(
     temperatures: Sequence[float],
     batch_sizes_for: dict[str, Sequence[int]] | None = None,
     buckets_explicit: bool = False,
+    configs: Collection[str] | None = None,
+    dataset: str = "the dataset",
 ) -> Matrix:
     """Every sensible combination, ordered so each engine instance's cases are contiguous
     and the drafter=none instance of an engine comes before its SD instances (so measured
-    speedups can be computed in the same session)."""
+    speedups can be computed in the same session).
+
+    `configs`: the dataset configs the data can serve (None: unknown, keep everything); a split
+    or bucket it lacks is not generated, and `dropped` says why.
+    """
     batch_sizes_for = batch_sizes_for or {}
     dropped: list[str] = []
     cases: list[Case] = []
+    servable_splits, servable_buckets = _servable(splits, buckets, configs, dataset, dropped)
     for engine in engines:
         supported = get_entry(engine).drafters
         for drafter in _none_first(drafters):
@@ -92,12 +99,12 @@ def expand(
                     f"{engine}: drafter {drafter!r} not supported (supported: {', '.join(supported)})"
                 )
                 continue
-            for split in splits:
+            for split in servable_splits:
                 split_buckets: list[str | None]
                 if split == "qualitative":
                     split_buckets = [None]
                 else:
-                    split_buckets = list(buckets)
+                    split_buckets = list(servable_buckets)
                 for bucket in split_buckets:
                     for bs in batch_sizes_for.get(engine, batch_sizes):
                         for t in temperatures:
@@ -105,6 +112,30 @@ def expand(
     if buckets_explicit and "throughput" not in splits:
         dropped.append("buckets apply to the throughput split only; the qualitative split has none")
     return Matrix(tuple(dict.fromkeys(cases)), tuple(dict.fromkeys(dropped)))
+
+
+def _servable(splits: Sequence[str], buckets: Sequence[str], configs: Collection[str] | None, dataset: str,
+              dropped: list[str]) -> tuple[list[str], list[str]]:
+    """The splits and buckets the dataset has, noting in `dropped` what it lacks."""
+    if configs is None:
+        return list(splits), list(buckets)
+    kept_splits = []
+    for split in splits:
+        if split == "qualitative" and "qualitative" not in configs:
+            dropped.append(f"split qualitative: dataset {dataset} has no qualitative config "
+                           f"(it has: {', '.join(configs) or 'none'})")
+        else:
+            kept_splits.append(split)
+    kept = [b for b in buckets if f"throughput_{b}" in configs]
+    lacking = [b for b in buckets if b not in kept]
+    if "throughput" in kept_splits and lacking:
+        have = [c.removeprefix("throughput_") for c in configs if c.startswith("throughput_")]
+        dropped.append(f"throughput bucket(s) {', '.join(lacking)}: dataset {dataset} has no "
+                       f"{', '.join('throughput_' + b for b in lacking)} config (buckets it has: "
+                       f"{', '.join(have) or 'none'}; prepare the others with `speedbench prepare`)")
+        if not kept:
+            kept_splits.remove("throughput")
+    return kept_splits, kept
 
 
 def _none_first(drafters: Iterable[str]) -> list[str]:

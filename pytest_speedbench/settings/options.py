@@ -78,8 +78,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "profile of speedbench.yaml's profiles: section (default: demo when the run names no "
                "engine, dataset, model or server URL; none: no profile)", "str", None),
     OptionSpec("json", "--speedbench-json", "write results JSON to this path", "str", None),
-    OptionSpec("autosave", "--speedbench-autosave", "save results under .speedbench/ (never overwrites)",
-               "bool", False),
+    OptionSpec("autosave", "--speedbench-autosave",
+               "save results under --speedbench-storage as NNNN_<commit>_<time>.json, never overwriting "
+               "(on by default; off: no autosave)", "bool", True),
     OptionSpec("storage", "--speedbench-storage", "directory for autosaved results", "str", ".speedbench"),
     OptionSpec("compare", "--speedbench-compare", "baseline results: PATH, 'latest' or a run number NNNN",
                "str", None),
@@ -158,7 +159,7 @@ class Settings:
     #: the profile applied (None: no profile); see settings/profile.py
     profile: str | None = None
     json: str | None = None
-    autosave: bool = False
+    autosave: bool = True
     storage: str = ".speedbench"
     compare: str | None = None
     fail: str | None = None
