@@ -72,6 +72,7 @@ def build_matrix(settings: Settings) -> Matrix:
         buckets_explicit="bucket" in settings.explicit,
         configs=available_configs(settings.dataset),
         dataset=settings.dataset,
+        draft_lengths=settings.draft_length,
     )
 
 
@@ -157,10 +158,13 @@ class SpeedbenchSession:
     # -- engine instances ----------------------------------------------------------------
     @staticmethod
     def engine_key(case: Case) -> str:
-        return f"{case.engine}-{case.drafter}"
+        """engine-drafter, plus -gN when the case sweeps draft lengths: one engine start each."""
+        gamma = "" if case.draft_length is None else f"-g{case.draft_length}"
+        return f"{case.engine}-{case.drafter}{gamma}"
 
     def engine_config(self, key: str) -> EngineConfig:
-        engine, _, drafter = key.partition("-")
+        engine, _, rest = key.partition("-")
+        drafter, _, gamma = rest.partition("-g")
         s = self.settings
         urls = s.server_urls()
         per_engine = s.per_engine.get(engine, {})
@@ -169,13 +173,13 @@ class SpeedbenchSession:
             extra_args = shlex.split(extra_args)
         args = tuple(str(a) for a in extra_args) + tuple(shlex.split(s.engine_args or ""))
         args = (parallel_args(engine, per_engine) if not urls else ()) + args  # tp/pp/multi-node flags
-        sizes = [c.batch_size for c in self.matrix.cases if c.engine == engine and c.drafter == drafter]
+        sizes = [c.batch_size for c in self.matrix.cases if self.engine_key(c) == key]
         return EngineConfig(
             engine=engine,
             drafter=drafter,
             model=per_engine.get("model", s.model),
             draft_model=per_engine.get("draft_model", s.draft_model),
-            draft_length=int(per_engine.get("draft_length", s.draft_length)),
+            draft_length=int(gamma) if gamma else int(per_engine.get("draft_length", s.draft_length[0])),
             max_batch_size=max(sizes, default=1),
             server_url=urls.get(drafter, urls.get("*")),
             engine_args=args,

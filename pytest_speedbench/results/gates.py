@@ -23,7 +23,7 @@ from typing import Any
 
 from pytest_speedbench.errors import UsageError
 
-PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature")
+PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature", "draft_length")
 MATCH_KEYS: tuple[str, ...] = (*PARAM_KEYS, "category")
 
 #: summary objects {mean, std, p50, p90, p99}: a metric path names one statistic, e.g. ttft_s.p99

@@ -31,11 +31,15 @@ class Case:
     bucket: str | None
     batch_size: int
     temperature: float
+    #: set only when the matrix sweeps more than one draft length (then the id ends in -gN and
+    #: params carry it); None for drafter=none, whose one case is the twin of every draft length
+    draft_length: int | None = None
 
     @property
     def id(self) -> str:
         split = self.split if self.bucket is None else f"{self.split}-{self.bucket}"
-        return f"{self.engine}-{self.drafter}-{split}-bs{self.batch_size}-t{format_temperature(self.temperature)}"
+        gamma = "" if self.draft_length is None else f"-g{self.draft_length}"
+        return f"{self.engine}-{self.drafter}-{split}-bs{self.batch_size}-t{format_temperature(self.temperature)}{gamma}"
 
     @property
     def is_speculative(self) -> bool:
@@ -48,10 +52,10 @@ class Case:
 
     def twin(self) -> Case:
         """The drafter=none case measured on the same engine, prompts and load."""
-        return replace(self, drafter="none")
+        return replace(self, drafter="none", draft_length=None)
 
     def params(self) -> dict[str, object]:
-        return {
+        params: dict[str, object] = {
             "engine": self.engine,
             "drafter": self.drafter,
             "split": self.split,
@@ -59,6 +63,9 @@ class Case:
             "batch_size": self.batch_size,
             "temperature": self.temperature,
         }
+        if self.draft_length is not None:
+            params["draft_length"] = self.draft_length
+        return params
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ def expand(
     buckets_explicit: bool = False,
     configs: Collection[str] | None = None,
     dataset: str = "the dataset",
+    draft_lengths: Sequence[int] = (),
 ) -> Matrix:
     """Every sensible combination, ordered so each engine instance's cases are contiguous
     and the drafter=none instance of an engine comes before its SD instances (so measured
@@ -86,8 +94,13 @@ def expand(
 
     `configs`: the dataset configs the data can serve (None: unknown, keep everything); a split
     or bucket it lacks is not generated, and `dropped` says why.
+
+    With more than one of `draft_lengths`, every SD drafter runs once per draft length (one
+    engine instance each, ids ending in -gN); drafter=none runs once and is every one's twin.
+    With one (or none), cases carry no draft length and ids are unchanged.
     """
     batch_sizes_for = batch_sizes_for or {}
+    gammas: list[int | None] = list(dict.fromkeys(draft_lengths)) if len(set(draft_lengths)) > 1 else [None]
     dropped: list[str] = []
     cases: list[Case] = []
     servable_splits, servable_buckets = _servable(splits, buckets, configs, dataset, dropped)
@@ -99,16 +112,13 @@ def expand(
                     f"{engine}: drafter {drafter!r} not supported (supported: {', '.join(supported)})"
                 )
                 continue
-            for split in servable_splits:
-                split_buckets: list[str | None]
-                if split == "qualitative":
-                    split_buckets = [None]
-                else:
-                    split_buckets = list(servable_buckets)
-                for bucket in split_buckets:
-                    for bs in batch_sizes_for.get(engine, batch_sizes):
-                        for t in temperatures:
-                            cases.append(Case(engine, drafter, split, bucket, bs, t))
+            for gamma in gammas if drafter != "none" else [None]:
+                for split in servable_splits:
+                    split_buckets: list[str | None] = [None] if split == "qualitative" else list(servable_buckets)
+                    for bucket in split_buckets:
+                        for bs in batch_sizes_for.get(engine, batch_sizes):
+                            for t in temperatures:
+                                cases.append(Case(engine, drafter, split, bucket, bs, t, gamma))
     if buckets_explicit and "throughput" not in splits:
         dropped.append("buckets apply to the throughput split only; the qualitative split has none")
     return Matrix(tuple(dict.fromkeys(cases)), tuple(dict.fromkeys(dropped)))

@@ -57,7 +57,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("model", "--model", "target model: bundled name, local dir, GGUF file or hub id", "str", None),
     OptionSpec("tokenizer", "--tokenizer", "tokenizer (defaults to the model)", "str", None),
     OptionSpec("draft_model", "--draft-model", "draft model path, or layers:N for an early-exit draft", "str", None),
-    OptionSpec("draft_length", "--draft-length", "draft tokens per step (gamma)", "int", 3),
+    OptionSpec("draft_length", "--draft-length",
+               "draft tokens per step (gamma); a comma list sweeps them (ids gain -gN)", "list_int", [3]),
     OptionSpec("server_url", "--server-url",
                "attach to running server(s): URL, or drafter=URL,... per drafter", "str", None),
     OptionSpec("dataset", "--dataset", "dataset: 'bundled', a prepared directory, or a file", "str", "bundled"),
@@ -142,7 +143,7 @@ class Settings:
     model: str | None = None
     tokenizer: str | None = None
     draft_model: str | None = None
-    draft_length: int = 3
+    draft_length: list[int] = field(default_factory=lambda: [3])
     server_url: str | None = None
     dataset: str = "bundled"
     category: list[str] = field(default_factory=list)
@@ -184,9 +185,12 @@ class Settings:
         for t in self.temperature:
             if not (0.0 <= t <= 2.0) or math.isnan(t):
                 raise UsageError(f"--temperature: {t:g} is out of range; valid temperatures are 0 to 2")
-        for name in ("num_prompts", "output_len", "draft_length"):
+        for name in ("num_prompts", "output_len"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{OPTION_BY_NAME[name].flag}: {getattr(self, name)} must be at least 1")
+        for gamma in self.draft_length:
+            if gamma < 1:
+                raise UsageError(f"--draft-length: {gamma} must be at least 1 (draft lengths are 1 or more)")
         if self.warmup < 0:
             raise UsageError(f"--warmup: {self.warmup} must be 0 or more")
         for name in ("request_timeout", "ready_timeout"):
