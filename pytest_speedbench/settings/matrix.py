@@ -10,7 +10,9 @@ from dataclasses import dataclass, replace
 
 from pytest_speedbench.engines import get_entry
 
-SPLITS: tuple[str, ...] = ("qualitative", "throughput")
+#: `random` is the control: random-token prompts with the lengths of the throughput bucket
+#: (data/random_tokens.py), measured beside it with the same engine, batch size and draft length
+SPLITS: tuple[str, ...] = ("qualitative", "throughput", "random")
 BUCKETS: tuple[str, ...] = ("1k", "2k", "8k", "16k", "32k")
 
 
@@ -48,7 +50,7 @@ class Case:
     @property
     def dataset_config(self) -> str:
         """The SPEED-Bench config name this case reads prompts from."""
-        return self.split if self.bucket is None else f"throughput_{self.bucket}"
+        return self.split if self.bucket is None else f"{self.split}_{self.bucket}"
 
     def twin(self) -> Case:
         """The drafter=none case measured on the same engine, prompts and load."""
@@ -119,7 +121,7 @@ def expand(
                         for bs in batch_sizes_for.get(engine, batch_sizes):
                             for t in temperatures:
                                 cases.append(Case(engine, drafter, split, bucket, bs, t, gamma))
-    if buckets_explicit and "throughput" not in splits:
+    if buckets_explicit and not {"throughput", "random"} & set(splits):
         dropped.append("buckets apply to the throughput split only; the qualitative split has none")
     return Matrix(tuple(dict.fromkeys(cases)), tuple(dict.fromkeys(dropped)))
 

@@ -35,6 +35,8 @@ class WorkloadCache:
         return self._encoder
 
     def items(self, dataset_config: str) -> list[WorkItem]:
+        if dataset_config.startswith("random_") and dataset_config not in self._items:
+            self._items[dataset_config] = self._random_items(dataset_config.removeprefix("random_"))
         if dataset_config not in self._items:
             from pytest_speedbench.data import load_prompts
 
@@ -50,6 +52,17 @@ class WorkloadCache:
                 for p, ids in zip(prompts, first_ids)
             ]
         return self._items[dataset_config]
+
+    def _random_items(self, bucket: str) -> list[WorkItem]:
+        """The random-token control for `bucket`: the real bucket's count and target-token lengths."""
+        from pytest_speedbench.data.random_tokens import CATEGORY, random_token_prompts, vocabulary
+        from pytest_speedbench.settings.matrix import bucket_tokens
+
+        real = self.items(f"throughput_{bucket}")
+        lengths = [len(item.first_ids) for item in real]
+        prompts = random_token_prompts(vocabulary(self.encoder.tokenizer), lengths,
+                                       bucket_tokens=bucket_tokens(bucket), seed=self.settings.seed)
+        return [WorkItem(pid, CATEGORY, (f"<{len(ids)} random tokens>",), ids) for pid, ids in prompts]
 
 
 def _load_tokenizer(spec: str | None) -> Any:
