@@ -158,13 +158,13 @@ def speedbench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
         # first build or convert, once and cached, what this engine still needs, saying so
         session.prepare([request.param.partition("-")[0]], lambda text: terminal.line(text, always=True),
                         detailed=not terminal.quiet)
-        engine = session.start_engine(request.param)
+        engine = session.acquire_engine(request.param)
     except EngineNotInstalled as exc:
         pytest.skip(f"{request.param.partition('-')[0]} is not available: {exc}")
     try:
         yield engine
     finally:
-        engine.stop()
+        session.release_engine(request.param)
 
 
 @pytest.fixture
@@ -199,6 +199,13 @@ def _failure_reason(call: pytest.CallInfo[None], report: pytest.TestReport) -> s
     if call.excinfo is not None:
         return f"{call.excinfo.typename}: {call.excinfo.value}".strip()
     return str(report.longrepr).strip().splitlines()[-1]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop AR twins kept up for interleaved rounds (and anything else still running)."""
+    speedbench = session.config.stash.get(SESSION_KEY, None)
+    if speedbench is not None:
+        speedbench.stop_engines()
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -106,6 +106,8 @@ class SpeedbenchSession:
         self.entries: dict[str, dict[str, Any]] = {}
         self.runs: dict[Case, tuple[RunRecords, dict[str, Any]]] = {}
         self.engine_info: dict[str, dict[str, Any]] = {}
+        #: running engines by key; an AR twin's stays up past its own cases while SD cases need it
+        self.engines: dict[str, Engine] = {}
         self._availability: dict[str, str | None] = {}
         #: engines the session may prepare (build, convert) before the first test: not named by the user
         self.preparable: set[str] = set()
@@ -276,6 +278,33 @@ class SpeedbenchSession:
         self.engine_info[key] = engine.info()
         return engine
 
+    def acquire_engine(self, key: str) -> Engine:
+        """The running engine for `key`, started on first use (by its fixture or by an SD case
+        that measures its AR twin in rounds)."""
+        if key not in self.engines:
+            self.engines[key] = self.start_engine(key)
+        return self.engines[key]
+
+    def interleaves(self, case: Case) -> bool:
+        """An SD case is measured in rounds with its twin when the twin is in the matrix."""
+        twin = case.twin() if case.is_speculative else None
+        return twin is not None and twin in set(self.matrix.cases)
+
+    def release_engine(self, key: str) -> None:
+        """Stop the engine when its fixture is done, unless an SD case still to run interleaves
+        with it as its AR twin (then `stop_engines` stops it at the session's end)."""
+        if any(self.interleaves(c) and self.engine_key(c.twin()) == key and c not in self.runs
+               for c in self.matrix.cases):
+            return
+        engine = self.engines.pop(key, None)
+        if engine is not None:
+            engine.stop()
+
+    def stop_engines(self) -> None:
+        while self.engines:
+            _, engine = self.engines.popitem()
+            engine.stop()
+
     # -- measuring -------------------------------------------------------------------------
     def load_spec(self, case: Case) -> LoadSpec:
         s = self.settings
@@ -283,8 +312,10 @@ class SpeedbenchSession:
 
     def measure(self, case: Case, engine: Engine, progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
         items = self.workload.items(case.dataset_config)
-        run = run_load(engine, items, self.load_spec(case), self.workload.encoder, progress)
         draft_length = self.engine_config(self.engine_key(case)).draft_length if case.is_speculative else None
+        if self.interleaves(case):
+            return self.measure_rounds(case, engine, items, draft_length, progress)
+        run = run_load(engine, items, self.load_spec(case), self.workload.encoder, progress)
         extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
         extra.update(self.speedups_for(case, run, extra))
         extra["client"] = run.client_info
@@ -295,6 +326,66 @@ class SpeedbenchSession:
         extra["isl_mean"] = mean_isl(extra["per_request"])
         self.runs[case] = (run, extra)
         return run, extra
+
+    def measure_rounds(self, case: Case, engine: Engine, items: Any, draft_length: int | None,
+                       progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
+        """AR twin and SD case in turns (AR, SD, AR, SD, ...) over the same prompts, so slow drift
+        of the machine cancels in the speedup; the speedup's interval covers rounds and prompts
+        (paired by prompt), and the case is marked unstable when its speedup is implausible for
+        its AL or its rounds disagree beyond their spread. The AR rounds' figures go to the twin's
+        entry too."""
+        from pytest_speedbench.metrics import rounds as R
+
+        twin = case.twin()
+        ar_engine = self.acquire_engine(self.engine_key(twin))
+        spec, seed = self.load_spec(case), self.settings.seed
+        sd_runs: list[RunRecords] = []
+        ar_runs: list[RunRecords] = []
+        passes = 2 * self.settings.rounds
+
+        def step(k: int) -> Progress | None:  # progress over every pass of every round
+            if progress is None:
+                return None
+            return lambda done, total: progress(k * total + done, passes * total)
+
+        for i in range(self.settings.rounds):
+            ar_runs.append(run_load(ar_engine, items, spec, self.workload.encoder, step(2 * i)))
+            sd_runs.append(run_load(engine, items, spec, self.workload.encoder, step(2 * i + 1)))
+        run, ar_run = merge_rounds(sd_runs), merge_rounds(ar_runs)
+        extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=seed)
+        ar_extra = metrics.compute_run_metrics(ar_run, seed=seed)
+        for side, runs in ((extra, sd_runs), (ar_extra, ar_runs)):  # a window must not span the other side
+            per_round = [metrics.output_tps([r for r in x.measured if r.ok]) for x in runs]
+            side["output_tps_rounds"] = per_round
+            side["output_tps"] = float(sum(v for v in per_round if v) / len(per_round)) if all(per_round) else None
+        speedups = metrics.compute_speedups(run, ar_run, extra, ar_extra, seed=seed)
+        sd_tps, ar_tps, keys = R.paired_user_tps(sd_runs, ar_runs)
+        if keys:
+            speedups["speedup_user_tps"] = R.ratio_of_means(sd_tps, ar_tps)
+            speedups["speedup_user_tps_ci95"] = R.paired_rounds_ci(sd_tps, ar_tps, seed=seed)
+        out_rounds = [s / a for s, a in zip(extra["output_tps_rounds"], ar_extra["output_tps_rounds"]) if s and a]
+        speedups["speedup_output_tps_rounds"] = out_rounds
+        speedups["speedup_baseline"] = twin.id
+        speedups["speedup_method"] = (f"interleaved: {self.settings.rounds} round(s) AR, SD over the same "
+                                      f"{len(keys)} prompt turn(s); interval over rounds and prompts, paired")
+        extra.update(speedups)
+        extra["stability"] = R.assess_stability(speedups, extra.get("acceptance_length"),
+                                                extra.get("acceptance_length_ci95"),
+                                                sd_tps if keys else None, ar_tps if keys else None)
+        extra["client"] = run.client_info
+        extra["engine_counters"] = run.engine_counters
+        extra["engine_key"] = self.engine_key(case)
+        self.runs[case] = (run, extra)
+        self._record_twin_rounds(twin, case, ar_extra, ar_tps.mean(axis=1).tolist() if keys else [])
+        return run, extra
+
+    def _record_twin_rounds(self, twin: Case, case: Case, ar_extra: dict[str, Any], user_tps: list[float]) -> None:
+        """Put the AR rounds measured beside `case` on the twin's own entry (when it has one)."""
+        figures = {"user_tps_mean_rounds": user_tps, "output_tps_rounds": ar_extra["output_tps_rounds"],
+                   "user_tps": ar_extra["user_tps"], "tpot_s": ar_extra["tpot_s"], "output_tps": ar_extra["output_tps"]}
+        for entry in self.book.entries.values():
+            if entry.get("param") == twin.id and "error" not in entry["extra_info"]:
+                entry["extra_info"].setdefault("interleaved_rounds", {})[case.id] = figures
 
     def speedups_for(self, case: Case, run: RunRecords, extra: dict[str, Any]) -> dict[str, Any]:
         twin = case.twin() if case.is_speculative else None
@@ -372,6 +463,26 @@ class SpeedbenchSession:
             f"{len(failed)} of {len(run.measured)} requests failed; first: "
             f"{first.prompt_id} turn {first.turn}: {first.error}"
         ]
+
+
+def merge_rounds(runs: list[RunRecords]) -> RunRecords:
+    """One RunRecords over every round: requests concatenated, run-level counters summed."""
+    requests = [r for run in runs for r in run.requests]
+    counters = None
+    if any(run.engine_counters for run in runs):
+        counters = {}
+        for run in runs:
+            for key, value in (run.engine_counters or {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    counters[key] = counters.get(key, 0) + value
+                elif isinstance(value, list):
+                    prev = counters.get(key) or []
+                    width = max(len(prev), len(value))
+                    counters[key] = [(prev[i] if i < len(prev) else 0) + (value[i] if i < len(value) else 0)
+                                     for i in range(width)]
+    info = dict(runs[-1].client_info) if runs else {}
+    info["rounds"] = len(runs)
+    return RunRecords(requests, counters, info)
 
 
 class ResultsBook:

@@ -55,7 +55,7 @@ class CaseComparison:
         verdict = self.verdicts[candidate]
         if verdict is None:
             return ""
-        order = {"fail": 3, "noise": 2, "pass": 1, "skip": 0}
+        order = {"fail": 4, "unstable": 3, "noise": 2, "pass": 1, "skip": 0}
         outcomes = [c.outcome for c in verdict.checks if c.metric == metric]
         return max(outcomes, key=order.__getitem__) if outcomes else ""
 
@@ -213,7 +213,7 @@ def render(comparisons: Sequence[CaseComparison], labels: Sequence[str], fmt: st
 
 
 def summary_line(comparisons: Sequence[CaseComparison]) -> str:
-    counts = {"fail": 0, "pass": 0, "skip": 0}
+    counts = {"fail": 0, "unstable": 0, "pass": 0, "skip": 0}
     for comp in comparisons:
         for v in comp.verdicts:
             if v is not None:
@@ -222,6 +222,8 @@ def summary_line(comparisons: Sequence[CaseComparison]) -> str:
     if total:
         text = (f"{len(comparisons)} cases, {total} verdicts: {counts['fail']} failed, {counts['pass']} passed, "
                 f"{counts['skip']} not gated")
+        if counts["unstable"]:
+            text += f", {counts['unstable']} unstable (speedups not judged)"
     else:
         text = f"{len(comparisons)} cases compared; no --fail rules or thresholds, nothing gated"
     no_base = sum(1 for c in comparisons if not c.present[0])

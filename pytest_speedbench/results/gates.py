@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_speedbench.errors import UsageError
@@ -363,7 +363,7 @@ class Check:
     kind: str  # "threshold" | "rule"
     metric: str  # concrete metric path
     rule: str  # "acceptance_length:-3%" or "min 2.5 thresholds[0] (...)"
-    outcome: str  # "pass" | "fail" | "noise" (beyond tolerance, inside CI) | "skip"
+    outcome: str  # "pass" | "fail" | "noise" (beyond tolerance, inside CI) | "unstable" | "skip"
     message: str
     current: float | None = None
     baseline: float | None = None  # rules: baseline value; thresholds: the limit
@@ -386,7 +386,7 @@ class Check:
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str  # "pass" | "fail" | "skip"
+    verdict: str  # "pass" | "fail" | "unstable" (only unstable speedups broke a rule) | "skip"
     reasons: list[str]
     checks: list[Check] = field(default_factory=list)
 
@@ -494,15 +494,42 @@ def evaluate(
             for rule in rules:
                 for path in rule.expand(baseline_extra_info, extra_info):
                     checks.append(_rule_check(rule, path, extra_info, baseline_extra_info, strict))
+    unstable = unstable_reason(extra_info, baseline_extra_info)
+    if unstable:
+        checks = [_as_unstable(c, unstable) for c in checks]
     failed = [c.message for c in checks if c.outcome == "fail"]
-    notes = [c.message for c in checks if c.outcome in ("noise", "skip")]
+    notes = [c.message for c in checks if c.outcome in ("unstable", "noise", "skip")]
     if failed:
         verdict = "fail"
+    elif any(c.outcome == "unstable" for c in checks):
+        verdict = "unstable"
     elif any(c.outcome in ("pass", "noise") for c in checks):
         verdict = "pass"
     else:
         verdict = "skip"
     return Verdict(verdict, failed + notes, checks)
+
+
+#: metrics a drift between the AR twin's and the SD case's measurement can move
+DRIFT_SENSITIVE = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
+
+
+def unstable_reason(extra_info: Mapping[str, Any], baseline_extra_info: Mapping[str, Any] | None) -> str | None:
+    """Why the speedups of this comparison cannot be judged: the current run's case, or the
+    baseline's, was marked unstable when measured (`extra_info.stability`)."""
+    for label, info in (("this run", extra_info), ("the baseline", baseline_extra_info)):
+        stability = info.get("stability") if isinstance(info, Mapping) else None
+        if isinstance(stability, Mapping) and stability.get("verdict") == "unstable":
+            reasons = "; ".join(str(r) for r in stability.get("reasons") or []) or "no reason recorded"
+            return f"case unstable in {label}: {reasons}"
+    return None
+
+
+def _as_unstable(check: Check, reason: str) -> Check:
+    """A failed speedup check on an unstable case reports the instability, not a regression."""
+    if check.outcome != "fail" or check.metric not in DRIFT_SENSITIVE:
+        return check
+    return replace(check, outcome="unstable", message=f"{check.message}; not judged as a regression: {reason}")
 
 
 # --------------------------------------------------------------------------- baseline lookup, JUnit

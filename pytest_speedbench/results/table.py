@@ -46,12 +46,21 @@ def row_for(entry: dict[str, Any]) -> tuple[str, ...]:
         _speedups(extra),
         _ttft(extra),
         _num(extra.get("output_tps"), "{:.1f}"),
-        gate.get("verdict", "-"),
+        _verdict(extra, gate),
     )
 
 
+def _verdict(extra: dict[str, Any], gate: dict[str, Any]) -> str:
+    """The gate's verdict, with `unstable` added when the case's speedups could not be trusted."""
+    verdict = gate.get("verdict", "-")
+    stability = extra.get("stability") or {}
+    if stability.get("verdict") == "unstable" and verdict != "unstable":
+        return f"{verdict} (unstable)"
+    return verdict
+
+
 #: how each check outcome is labelled in the gate lines, worst first
-_OUTCOME_LABELS = {"fail": "FAIL", "noise": "noise", "skip": "skip"}
+_OUTCOME_LABELS = {"fail": "FAIL", "unstable": "UNSTABLE", "noise": "noise", "skip": "skip"}
 
 
 def _label(check: dict[str, Any]) -> str:
@@ -74,8 +83,9 @@ def gate_lines(entry: dict[str, Any]) -> list[str]:
     reasons = [str(r) for r in gate.get("reasons") or []]
     if not checks and not reasons:
         return []
-    counts = {o: sum(1 for c in checks if c.get("outcome") == o) for o in ("fail", "pass", "noise", "skip")}
-    words = {"fail": "failed", "pass": "passed", "noise": "within noise", "skip": "not checked"}
+    counts = {o: sum(1 for c in checks if c.get("outcome") == o) for o in ("fail", "unstable", "pass", "noise", "skip")}
+    words = {"fail": "failed", "unstable": "unstable", "pass": "passed", "noise": "within noise",
+             "skip": "not checked"}
     parts = [f"{n} {words[o]}" for o, n in counts.items() if n]
     passed = [_label(c) for c in checks if c.get("outcome") == "pass"]
     head = f"  {name}: {gate.get('verdict', '-')}"
@@ -100,4 +110,10 @@ def render(entries: Sequence[dict[str, Any]]) -> list[str]:
     gates = [line for entry in entries for line in gate_lines(entry)]
     if gates:
         lines += ["gates:", *gates]
+    unstable = [(e.get("param") or e.get("name", "?"), (e.get("extra_info", {}).get("stability") or {}))
+                for e in entries]
+    unstable = [(name, st) for name, st in unstable if st.get("verdict") == "unstable"]
+    if unstable:
+        lines.append("unstable (speedups not trusted, not judged as regressions):")
+        lines += [f"  {name}: {reason}" for name, st in unstable for reason in st.get("reasons") or []]
     return lines

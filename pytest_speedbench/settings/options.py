@@ -66,6 +66,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("num_prompts", "--num-prompts", "prompts per category (stratified, deterministic)", "int", 4),
     OptionSpec("output_len", "--output-len", "max new tokens per turn", "int", 64),
     OptionSpec("warmup", "--warmup", "warmup requests per case, excluded from metrics", "int", 1),
+    OptionSpec("rounds", "--speedbench-rounds",
+               "rounds per SD case: its AR twin and it measured in turns (AR, SD, AR, SD, ...) over the same "
+               "prompts, so drift cancels in the speedup", "int", 2),
     OptionSpec("device", "--device", "device for in-process engines (auto, cpu, cuda, cuda:N)", "str", "auto"),
     OptionSpec("engine_args", "--engine-args", "extra arguments passed to the engine launcher", "str", None),
     OptionSpec("request_timeout", "--request-timeout", "seconds without progress before a request fails",
@@ -150,6 +153,7 @@ class Settings:
     num_prompts: int = 4
     output_len: int = 64
     warmup: int = 1
+    rounds: int = 2
     device: str = "auto"
     engine_args: str | None = None
     request_timeout: float = 300.0
@@ -185,7 +189,7 @@ class Settings:
         for t in self.temperature:
             if not (0.0 <= t <= 2.0) or math.isnan(t):
                 raise UsageError(f"--temperature: {t:g} is out of range; valid temperatures are 0 to 2")
-        for name in ("num_prompts", "output_len"):
+        for name in ("num_prompts", "output_len", "rounds"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{OPTION_BY_NAME[name].flag}: {getattr(self, name)} must be at least 1")
         for gamma in self.draft_length:

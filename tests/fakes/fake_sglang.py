@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -132,7 +133,8 @@ class FakeSGLang:
         if self.args.ground_truth:
             with self.args.ground_truth.open("a") as f:
                 f.write(json.dumps({"request": index, "input_len": len(input_ids), "prefill": 1,
-                                    "steps": sizes, "events": [sum(g) for g in events]}) + "\n")
+                                    "steps": sizes, "events": [sum(g) for g in events],
+                                    "t_done": time.time()}) + "\n")
         return resp
 
     async def server_info(self, request: web.Request) -> web.Response:

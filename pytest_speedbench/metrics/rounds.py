@@ -1,0 +1,188 @@
+"""Interleaved rounds: an SD case and its drafter=none twin measured in turns (AR, SD, AR, SD, ...)
+over the same prompts, so slow drift of the machine (thermal state, other tenants, a VM pausing
+the CPU) lands on both sides alike and cancels in their ratio. Pure functions, no I/O.
+
+Notation: R rounds, P prompts (request turns measured ok on both sides in every round);
+sd[r, p] and ar[r, p] = user TPS of prompt p in round r.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pytest_speedbench.measure.records import RequestRecord, RunRecords
+from pytest_speedbench.metrics import stats
+
+#: a measured speedup above AL x (1 + margin) is physically implausible: a verification step
+#: (drafting included) never costs less than one autoregressive step, so tokens per second can
+#: grow at most by the tokens per step. The margin absorbs timer noise on short runs.
+PLAUSIBILITY_MARGIN = 0.2
+#: rounds disagree "beyond their spread" when the round effect's F test has p below this
+ROUNDS_ALPHA = 0.01
+SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
+
+
+def _user_tps(r: RequestRecord) -> float | None:
+    if not r.ok or len(r.chunk_tokens) < 2:
+        return None
+    decode = r.chunk_times[-1] - r.chunk_times[0]
+    return sum(r.chunk_tokens[1:]) / decode if decode > 0 else None
+
+
+def _by_prompt(run: RunRecords) -> dict[tuple[str, int], float]:
+    out = {}
+    for r in run.measured:
+        value = _user_tps(r)
+        if value is not None:
+            out[(r.prompt_id, r.turn)] = value
+    return out
+
+
+def paired_user_tps(sd_rounds: Sequence[RunRecords], ar_rounds: Sequence[RunRecords]
+                    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, int]]]:
+    """(sd[R, P], ar[R, P], prompt keys): user TPS per round and prompt (turn), keeping only the
+    prompts measured on both sides in every round, so each comparison is like for like."""
+    sides = [[_by_prompt(run) for run in sd_rounds], [_by_prompt(run) for run in ar_rounds]]
+    maps = sides[0] + sides[1]
+    keys = sorted(set.intersection(*(set(m) for m in maps))) if maps else []
+    sd = np.array([[m[k] for k in keys] for m in sides[0]], dtype=float).reshape(len(sd_rounds), len(keys))
+    ar = np.array([[m[k] for k in keys] for m in sides[1]], dtype=float).reshape(len(ar_rounds), len(keys))
+    return sd, ar, keys
+
+
+def ratio_of_means(sd: np.ndarray, ar: np.ndarray) -> float | None:
+    """speedup = mean_{r,p} sd[r, p] / mean_{r,p} ar[r, p] (the ratio of mean user TPS)."""
+    return float(sd.mean() / ar.mean()) if sd.size and ar.size and ar.mean() > 0 else None
+
+
+def round_speedups(sd: np.ndarray, ar: np.ndarray) -> list[float]:
+    """Per round r: mean_p sd[r, p] / mean_p ar[r, p]."""
+    return [float(s.mean() / a.mean()) for s, a in zip(sd, ar)] if sd.size else []
+
+
+def paired_rounds_ci(sd: np.ndarray, ar: np.ndarray, *, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> list[float] | None:
+    """Percentile interval of the speedup under a two-level paired bootstrap.
+
+    Each replicate draws R rounds and P prompts with replacement and takes the same (round,
+    prompt) cells on both sides: speedup* = mean sd[r*, p*] / mean ar[r*, p*]. Resampling rounds
+    makes the interval cover round-to-round variation (what drift leaves), resampling prompts
+    covers prompt-to-prompt spread, and pairing cancels what both sides share.
+    """
+    if not sd.size:
+        return None
+    rounds, prompts = sd.shape
+    rng = np.random.default_rng([seed, 16])
+    ri = rng.integers(0, rounds, size=(n_boot, rounds, 1))
+    pi = rng.integers(0, prompts, size=(n_boot, 1, prompts))
+    top, bottom = sd[ri, pi].mean(axis=(1, 2)), ar[ri, pi].mean(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return stats.percentile_interval(top / bottom, level)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-12:
+            break
+    return h
+
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the regularized incomplete beta function (numpy has none; scipy is not a dependency)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def f_survival(f: float, d1: float, d2: float) -> float:
+    """P(F_{d1, d2} > f) = I_{d2 / (d2 + d1 f)}(d2 / 2, d1 / 2)."""
+    if f <= 0:
+        return 1.0
+    if math.isinf(f):
+        return 0.0
+    return regularized_beta(d2 / (d2 + d1 * f), d2 / 2.0, d1 / 2.0)
+
+
+def round_effect(sd: np.ndarray, ar: np.ndarray) -> dict[str, float] | None:
+    """Do the rounds disagree beyond their spread? Two-way ANOVA without replication on
+    d[r, p] = log(sd[r, p] / ar[r, p]) (prompt = block):
+
+        SS_rounds = P sum_r (dbar_r. - dbar)^2,   df1 = R - 1
+        SS_resid  = sum_{r,p} (d[r,p] - dbar_r. - dbar_.p + dbar)^2,   df2 = (R - 1)(P - 1)
+        F = (SS_rounds / df1) / (SS_resid / df2),   p = P(F_{df1, df2} > F)
+
+    The residual is the prompt-by-round noise, so a round that ran differently for every
+    prompt (a drift the interleaving did not cancel) stands out against it, while prompts that
+    are simply harder than others (the same in every round) do not count. None when R < 2 or
+    P < 2 (nothing to test).
+    """
+    if sd.ndim != 2 or sd.shape[0] < 2 or sd.shape[1] < 2:
+        return None
+    d = np.log(sd / ar)
+    rounds, prompts = d.shape
+    grand = d.mean()
+    row, col = d.mean(axis=1, keepdims=True), d.mean(axis=0, keepdims=True)
+    ss_rounds = float(prompts * ((row - grand) ** 2).sum())
+    ss_resid = float(((d - row - col + grand) ** 2).sum())
+    df1, df2 = rounds - 1, (rounds - 1) * (prompts - 1)
+    if ss_resid <= 1e-18 * max(ss_rounds, 1e-300):
+        f = math.inf if ss_rounds > 0 else 0.0
+    else:
+        f = (ss_rounds / df1) / (ss_resid / df2)
+    return {"f": f, "df1": float(df1), "df2": float(df2), "p": f_survival(f, df1, df2)}
+
+
+def implausible_speedups(speedups: dict[str, Any], al: float | None, al_ci: Sequence[float] | None,
+                         margin: float = PLAUSIBILITY_MARGIN) -> list[str]:
+    """Speedups above what the measured AL allows: value > AL_hi x (1 + margin), with AL_hi the
+    upper end of the AL's interval (or the AL). A verification step never costs less than an AR
+    step, so tokens per second grow at most by tokens per step (the AL)."""
+    if al is None:
+        return []
+    al_hi = max(al, al_ci[1]) if al_ci else al
+    bound = al_hi * (1.0 + margin)
+    return [f"{key} {speedups[key]:.2f} exceeds what AL {al:.2f} allows (at most {bound:.2f}: a verification "
+            f"step never costs less than an AR step)"
+            for key in SPEEDUP_KEYS if isinstance(speedups.get(key), (int, float)) and speedups[key] > bound]
+
+
+def assess_stability(speedups: dict[str, Any], al: float | None, al_ci: Sequence[float] | None,
+                     sd: np.ndarray | None = None, ar: np.ndarray | None = None,
+                     alpha: float = ROUNDS_ALPHA) -> dict[str, Any]:
+    """{verdict: stable|unstable, reasons, round_speedups_user_tps, round_effect}: unstable when a
+    speedup is implausible for the AL or the rounds disagree beyond their spread (p < alpha)."""
+    reasons = implausible_speedups(speedups, al, al_ci)
+    effect = round_effect(sd, ar) if sd is not None and ar is not None else None
+    per_round = round_speedups(sd, ar) if sd is not None and ar is not None else []
+    if effect is not None and effect["p"] < alpha:
+        reasons.append("rounds disagree beyond their spread: user-TPS speedup per round "
+                       + ", ".join(f"{s:.2f}" for s in per_round)
+                       + f" (round effect F={effect['f']:.3g}, p={effect['p']:.2g} < {alpha:g})")
+    return {"verdict": "unstable" if reasons else "stable", "reasons": reasons,
+            "rounds": len(per_round) or None, "round_speedups_user_tps": per_round, "round_effect": effect}
