@@ -10,7 +10,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,9 @@ class SpeedbenchSession:
         self.engine_info: dict[str, dict[str, Any]] = {}
         #: running engines by key; an AR twin's stays up past its own cases while SD cases need it
         self.engines: dict[str, Engine] = {}
+        #: measure SD cases in rounds with their twins (off on xdist workers grouped per config,
+        #: whose twins run elsewhere)
+        self.interleave = True
         self._availability: dict[str, str | None] = {}
         #: engines the session may prepare (build, convert) before the first test: not named by the user
         self.preparable: set[str] = set()
@@ -287,7 +290,7 @@ class SpeedbenchSession:
 
     def interleaves(self, case: Case) -> bool:
         """An SD case is measured in rounds with its twin when the twin is in the matrix."""
-        twin = case.twin() if case.is_speculative else None
+        twin = case.twin() if case.is_speculative and self.interleave else None
         return twin is not None and twin in set(self.matrix.cases)
 
     def release_engine(self, key: str) -> None:
@@ -349,8 +352,9 @@ class SpeedbenchSession:
             return lambda done, total: progress(k * total + done, passes * total)
 
         for i in range(self.settings.rounds):
-            ar_runs.append(run_load(ar_engine, items, spec, self.workload.encoder, step(2 * i)))
-            sd_runs.append(run_load(engine, items, spec, self.workload.encoder, step(2 * i + 1)))
+            this = spec if i == 0 else replace(spec, warmup=0)  # each engine is warm after round 1
+            ar_runs.append(run_load(ar_engine, items, this, self.workload.encoder, step(2 * i)))
+            sd_runs.append(run_load(engine, items, this, self.workload.encoder, step(2 * i + 1)))
         run, ar_run = merge_rounds(sd_runs), merge_rounds(ar_runs)
         extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=seed)
         ar_extra = metrics.compute_run_metrics(ar_run, seed=seed)

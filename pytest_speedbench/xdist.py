@@ -204,6 +204,8 @@ class XdistSupport:
             elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
                 self.gpus = gpu_list(None)
             session.book.enabled = False  # the controller writes the session's one file
+            if group_mode() == "config":  # twins live on other workers: no interleaved rounds here
+                session.interleave = False
         else:
             self.gpus = gpu_list(session.settings.gpus)
             if session.settings.gpus and not self._distributed():

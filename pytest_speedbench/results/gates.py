@@ -205,6 +205,11 @@ class Rule:
         return [f"{CATEGORY_MAP}.{c}" for c in cur if c in base]
 
 
+#: the rules docs/gates.md recommends for CI (and benchmarks/bench_false_alarms.py checks for false
+#: alarms): AL may not drop more than 3%, the user-TPS speedup not more than 5%, both noise-aware
+DEFAULT_RULES = "acceptance_length:-3%,speedup_user_tps:-5%"
+
+
 def parse_fail_rules(text: str | Sequence[str] | None, option: str = "--speedbench-fail") -> list[Rule]:
     """Parse `acceptance_length:-3%,speedup_user_tps:-5%,ttft_s.p99:+10%` (or a yaml list of items).
 
