@@ -112,3 +112,19 @@ def test_gate_on_an_unstable_case_reports_it_instead_of_a_regression(where):
     # an AL regression on an unstable case still fails: drift does not move the AL
     worse = {**cur, "acceptance_length": 1.5, "acceptance_length_ci95": [1.4, 1.6]}
     assert gates.evaluate({}, worse, rules=rules, baseline_extra_info=base).verdict == "fail"
+
+
+def test_summary_table_names_unstable_cases_and_why():
+    from pytest_speedbench.results.table import render
+
+    stable = {"param": "hf-ngram-qualitative-bs1-t0", "extra_info": {"stability": {"verdict": "stable"},
+                                                                      "gate": {"verdict": "pass"}}}
+    shaky = {"param": "hf-draft-qualitative-bs1-t0",
+             "extra_info": {"stability": {"verdict": "unstable", "reasons": ["speedup_user_tps 16.64 exceeds ..."]},
+                            "gate": {"verdict": "skip"}}}
+    lines = render([stable, shaky])
+    rows = {line.split()[0]: line for line in lines[2:4]}
+    assert rows["hf-draft-qualitative-bs1-t0"].endswith("skip (unstable)")
+    assert rows["hf-ngram-qualitative-bs1-t0"].endswith("pass")
+    i = lines.index("unstable (speedups not trusted, not judged as regressions):")
+    assert lines[i + 1] == "  hf-draft-qualitative-bs1-t0: speedup_user_tps 16.64 exceeds ..."
