@@ -61,6 +61,14 @@ def rule_failure(metric: str, rule: str, base: dict[str, Any], cur: dict[str, An
             f"baseline {fmt(b)} outside current 95% CI [{fmt(lo)}, {fmt(hi)}]")
 
 
+def rule_noise(metric: str, rule: str, base: dict[str, Any], cur: dict[str, Any]) -> str:
+    """The within-noise message docs/gates.md promises for a relative rule."""
+    b, c = base[metric], cur[metric]
+    lo, hi = cur[f"{metric}_ci95"]
+    return (f"{metric}: {fmt(b)} -> {fmt(c)} ({(c - b) / b * 100:+.1f}%) exceeds rule {rule} but baseline "
+            f"{fmt(b)} lies inside current 95% CI [{fmt(lo)}, {fmt(hi)}]: within noise")
+
+
 def compare(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = cli.main(["compare", *argv])
     return code, capsys.readouterr().out
@@ -88,9 +96,15 @@ def test_regression_fails_exactly_the_drafter_test(bench, fake_sglang, pytester:
     b_sd, c_sd = base[SD]["extra_info"], cur[SD]["extra_info"]
     assert c_sd["acceptance_length"] < 0.7 * b_sd["acceptance_length"]
     al_msg = rule_failure("acceptance_length", "acceptance_length:-3%", b_sd, c_sd)
-    speedup_msg = rule_failure("speedup_user_tps", "speedup_user_tps:-10%", b_sd, c_sd)
+    # The speedup's interval covers interleaved rounds as well as prompts, so on a loaded machine a
+    # 5 ms-step fake may leave the baseline inside it: then the drop is reported as noise, not failed.
+    lo, hi = c_sd["speedup_user_tps_ci95"]
+    speedup_fails = not lo <= b_sd["speedup_user_tps"] <= hi
+    speedup_msg = (rule_failure if speedup_fails else rule_noise)("speedup_user_tps", "speedup_user_tps:-10%",
+                                                                  b_sd, c_sd)
     out = second.stdout.str()
-    assert f"{SD}: {al_msg}\n{speedup_msg}" in out  # the test's failure, names the combination
+    failures = [al_msg, speedup_msg] if speedup_fails else [al_msg]
+    assert f"{SD}: " + "\n".join(failures) in out  # the test's failure, names the combination
     assert c_sd["gate"]["verdict"] == "fail" and c_sd["gate"]["reasons"][:2] == [al_msg, speedup_msg]
     ar_checks = {c["metric"]: c["outcome"] for c in cur[AR]["extra_info"]["gate"]["checks"]}
     assert ar_checks == {"acceptance_length": "pass", "speedup_user_tps": "skip"}  # AR has no speedup
@@ -100,9 +114,9 @@ def test_regression_fails_exactly_the_drafter_test(bench, fake_sglang, pytester:
         "gates:",
         f"  {AR}: pass (1 passed, 1 not checked); passed: acceptance_length:-3%",
         "    skip: speedup_user_tps: not measured in this run; rule speedup_user_tps:-10% not checked",
-        f"  {SD}: fail (2 failed)",
+        f"  {SD}: fail (2 failed)" if speedup_fails else f"  {SD}: fail (1 failed, 1 within noise)",
         f"    FAIL: {al_msg}",
-        f"    FAIL: {speedup_msg}",
+        f"    {'FAIL' if speedup_fails else 'noise'}: {speedup_msg}",
     ])
 
     # JUnit: the failing testcase is the combination, and each case carries its key metrics.
