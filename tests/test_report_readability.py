@@ -89,3 +89,16 @@ def test_no_outlier_keeps_the_plain_scale():
     fig = report.plot_speedup_vs_batch(frame)
     assert "outliers" not in fig._suptitle.get_text()
     assert not any("off scale" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+@pytest.mark.parametrize("name", ["al_histogram", "conditional_acceptance"])
+def test_legends_sit_beside_the_data_not_on_it(three_runs, name):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = report.make_figures(runs_dataframe(load_runs(three_runs)))[name]
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert not box.overlaps(fig.axes[0].get_window_extent(renderer))
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width

@@ -256,7 +256,7 @@ def plot_al_histogram(frame: Any) -> Any | None:
     ax.set_xlabel("tokens produced by a verification step (1 = no draft token accepted)")
     ax.set_ylabel("share of steps")
     ax.set_title("Acceptance length histogram")
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside lower center", ncols=_legend_columns(ax.get_legend_handles_labels()[1]), fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     return fig
 
@@ -307,7 +307,7 @@ def plot_conditional_acceptance(frame: Any) -> Any | None:
     ax.set_ylim(0, 1.05)
     ax.set_xticks(range(1, max(len(r) for r in curves.values()) + 1))
     ax.set_title("Conditional acceptance rate per draft position")
-    ax.legend(fontsize=8)
+    fig.legend(loc="outside lower center", ncols=_legend_columns(ax.get_legend_handles_labels()[1]), fontsize=8)
     ax.grid(True, alpha=0.3)
     return fig
 
