@@ -16,6 +16,8 @@ from typing import Any
 
 from pytest_speedbench.metrics import run as metrics
 from pytest_speedbench.metrics.per_request import mean_isl, per_request_rows
+from pytest_speedbench.metrics import speedup
+from pytest_speedbench.metrics.request import request_e2e
 from pytest_speedbench.measure.client import LoadSpec, Progress, run_load
 from pytest_speedbench.settings.options import Settings
 from pytest_speedbench.engines import DRAFTERS, engine_class, get_entry
@@ -394,12 +396,12 @@ class SpeedbenchSession:
     def speedups_for(self, case: Case, run: RunRecords, extra: dict[str, Any]) -> dict[str, Any]:
         twin = case.twin() if case.is_speculative else None
         if twin is None or twin not in self.runs:
-            out = metrics.empty_speedups()
+            out = speedup.empty_speedups()
             if twin is not None:
                 out["speedup_note"] = f"no drafter=none twin measured ({twin.id})"
             return out
         twin_run, twin_extra = self.runs[twin]
-        out = metrics.compute_speedups(run, twin_run, extra, twin_extra, seed=self.settings.seed)
+        out = speedup.compute_speedups(run, twin_run, extra, twin_extra, seed=self.settings.seed)
         out["speedup_baseline"] = twin.id
         return out
 
@@ -422,7 +424,7 @@ class SpeedbenchSession:
         if failures and gate["verdict"] != "fail":
             gate = {**gate, "verdict": "fail", "reasons": failures + gate["reasons"]}
         extra["gate"] = gate
-        e2e = [metrics.request_e2e(r) for r in run.measured if r.ok]
+        e2e = [request_e2e(r) for r in run.measured if r.ok]
         entry = self._entry(case, nodeid, name, [v for v in e2e if v is not None], extra)
         if self.config is not None:
             self.config.hook.pytest_speedbench_case_finished(config=self.config, case=case, entry=entry)

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pytest_speedbench.metrics import request as R
 from pytest_speedbench.metrics import run as M
+from pytest_speedbench.metrics import speedup as S
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 
 # --- synthetic runs with known per-step acceptances -------------------------------------
@@ -79,31 +81,31 @@ HAND = RequestRecord("a", "math", t_send=10.0, chunk_times=[10.5, 10.7, 10.8, 11
 
 def test_request_formulas_by_hand():
     # N = 7, L0 = 1, n = 4 -> 6 step tokens over 3 steps; decode window 11.1 - 10.5 = 0.6
-    assert M.request_steps(HAND) == 3
-    assert M.request_step_tokens(HAND) == 6
-    assert M.request_al(HAND) == pytest.approx(2.0)
-    assert M.request_ttft(HAND) == pytest.approx(0.5)
-    assert M.request_step_latency(HAND) == pytest.approx(0.2)
-    assert M.request_tpot(HAND) == pytest.approx(0.1)
-    assert M.request_user_tps(HAND) == pytest.approx(10.0)
-    assert M.request_e2e(HAND) == pytest.approx(1.1)
+    assert R.request_steps(HAND) == 3
+    assert R.request_step_tokens(HAND) == 6
+    assert R.request_al(HAND) == pytest.approx(2.0)
+    assert R.request_ttft(HAND) == pytest.approx(0.5)
+    assert R.request_step_latency(HAND) == pytest.approx(0.2)
+    assert R.request_tpot(HAND) == pytest.approx(0.1)
+    assert R.request_user_tps(HAND) == pytest.approx(10.0)
+    assert R.request_e2e(HAND) == pytest.approx(1.1)
 
 
 def test_single_chunk_request_has_no_steps():
     r = RequestRecord("b", "qa", t_send=0.0, chunk_times=[0.3], chunk_tokens=[5])
-    assert M.request_steps(r) == 0
-    assert M.request_al(r) is None
-    assert M.request_step_latency(r) is None
-    assert M.request_tpot(r) is None
-    assert M.request_user_tps(r) is None
-    assert M.request_ttft(r) == pytest.approx(0.3)
-    assert M.request_e2e(r) == pytest.approx(0.3)
+    assert R.request_steps(r) == 0
+    assert R.request_al(r) is None
+    assert R.request_step_latency(r) is None
+    assert R.request_tpot(r) is None
+    assert R.request_user_tps(r) is None
+    assert R.request_ttft(r) == pytest.approx(0.3)
+    assert R.request_e2e(r) == pytest.approx(0.3)
 
 
 def test_counter_al():
-    assert M.counter_al({"steps": 10, "accepted": 13}) == pytest.approx(2.3)
-    assert M.counter_al({"steps": 0, "accepted": 0}) is None
-    assert M.counter_al(None) is None
+    assert R.counter_al({"steps": 10, "accepted": 13}) == pytest.approx(2.3)
+    assert R.counter_al({"steps": 0, "accepted": 0}) is None
+    assert R.counter_al(None) is None
 
 
 # --- run metrics by hand ------------------------------------------------------------------
@@ -153,7 +155,7 @@ def test_run_metrics_by_hand():
 
 def test_design_keys_present():
     m = M.compute_run_metrics(hand_run())
-    m.update(M.empty_speedups())
+    m.update(S.empty_speedups())
     design_keys = (
         "acceptance_length acceptance_length_ci95 acceptance_length_pooled acceptance_length_all_chunks "
         "acceptance_length_by_category al_source al_histogram conditional_acceptance_rate ttft_s "
@@ -214,12 +216,12 @@ def test_known_acceptances_give_exact_metrics(runs):
 def test_pooled_between_request_extremes_and_histogram_counts_steps(runs):
     run = synthetic_run(runs, gamma=4)
     m = M.compute_run_metrics(run, n_boot=50)
-    als = [M.request_al(r) for r in run.requests]
+    als = [R.request_al(r) for r in run.requests]
     assert min(als) - 1e-9 <= m["acceptance_length_pooled"] <= max(als) + 1e-9
     assert min(als) - 1e-9 <= m["acceptance_length"] <= max(als) + 1e-9
     assert sum(m["al_histogram"].values()) == m["num_steps"] == sum(len(a) for a in runs)
     # sum over k of k * count = tokens produced by steps
-    assert sum(int(k) * v for k, v in m["al_histogram"].items()) == sum(M.request_step_tokens(r) for r in run.requests)
+    assert sum(int(k) * v for k, v in m["al_histogram"].items()) == sum(R.request_step_tokens(r) for r in run.requests)
     assert all(r is None or 0.0 <= r <= 1.0 for r in m["conditional_acceptance_rate"])
     lo, hi = m["acceptance_length_ci95"]
     assert min(als) - 1e-9 <= lo <= hi <= max(als) + 1e-9
@@ -364,8 +366,8 @@ def test_burst_split_always_matches_the_counter_step_count(accepts, gaps):
 
 
 def test_empty_speedups_keys():
-    e = M.empty_speedups()
-    for key in M.SPEEDUP_KEYS:
+    e = S.empty_speedups()
+    for key in S.SPEEDUP_KEYS:
         assert e[key] is None and e[f"{key}_ci95"] is None
 
 
@@ -374,7 +376,7 @@ def test_speedups_by_hand():
     ar = synthetic_run([[0] * 30] * 4, gamma=0, dt=0.010, ttft=0.05)
     sd = synthetic_run([[2] * 10] * 4, gamma=2, dt=0.015, ttft=0.05)
     ar_m, sd_m = M.compute_run_metrics(ar), M.compute_run_metrics(sd)
-    s = M.compute_speedups(sd, ar, sd_m, ar_m)
+    s = S.compute_speedups(sd, ar, sd_m, ar_m)
     # user TPS: SD 30 tok / 0.15 s = 200, AR 30 / 0.30 = 100
     assert s["speedup_user_tps"] == pytest.approx(2.0)
     assert s["speedup_user_tps_ci95"] == pytest.approx([2.0, 2.0])
@@ -396,7 +398,7 @@ def test_analytical_speedup_independent_of_event_framing(ar_framing):
     for framing in ("steps", "pairs", "tokens"):
         sd = synthetic_run(RUNS, gamma=3, dt=0.016, framing=framing, with_counters=True)
         sd_m = M.compute_run_metrics(sd, draft_length=3)
-        by_framing[framing] = M.compute_speedups(sd, ar, sd_m, ar_m)["speedup_analytical"]
+        by_framing[framing] = S.compute_speedups(sd, ar, sd_m, ar_m)["speedup_analytical"]
     expected = 0.010 * true_metrics()["acceptance_length"] / 0.016
     assert by_framing == pytest.approx({"steps": expected, "pairs": expected, "tokens": expected})
 
@@ -412,8 +414,8 @@ def test_speedup_cis_bracket_noisy_estimates():
     sd_runs = [list(rng.integers(0, 4, size=8)) for _ in range(30)]
     sd = synthetic_run(sd_runs, gamma=3, dt=0.015)
     ar_m, sd_m = M.compute_run_metrics(ar), M.compute_run_metrics(sd)
-    s = M.compute_speedups(sd, ar, sd_m, ar_m, seed=3)
-    for key in M.SPEEDUP_KEYS:
+    s = S.compute_speedups(sd, ar, sd_m, ar_m, seed=3)
+    for key in S.SPEEDUP_KEYS:
         lo, hi = s[f"{key}_ci95"]
         assert lo <= s[key] <= hi, key
         assert hi > lo, key

@@ -16,23 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_speedbench.metrics import catalogue
 from pytest_speedbench.results import gates
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.results.export import Run, case_id, load_runs
 
-DEFAULT_METRICS: tuple[str, ...] = (
-    "acceptance_length",
-    "acceptance_length_pooled",
-    "speedup_user_tps",
-    "speedup_output_tps",
-    "speedup_analytical",
-    "user_tps.mean",
-    "output_tps",
-    "ttft_s.p50",
-    "ttft_s.p99",
-    "tpot_s.mean",
-    "tpot_s.p99",
-)
 FORMATS = ("table", "markdown", "csv")
 
 
@@ -61,7 +49,7 @@ class CaseComparison:
 
 
 def _key(params: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(gates._norm(params.get(k)) for k in gates.PARAM_KEYS)
+    return tuple(gates.norm(params.get(k)) for k in gates.PARAM_KEYS)
 
 
 def compare_runs(
@@ -70,9 +58,13 @@ def compare_runs(
     rules: Sequence[gates.Rule] = (),
     thresholds: Sequence[gates.Threshold] = (),
     strict: bool = False,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
 ) -> list[CaseComparison]:
-    """Pure comparison of loaded runs: cases in first-seen order across runs."""
+    """Pure comparison of loaded runs: cases in first-seen order across runs.
+
+    `metrics` defaults to the catalogue's `compare` paths.
+    """
+    metrics = catalogue.paths(catalogue.COMPARE) if metrics is None else metrics
     index: dict[tuple[Any, ...], CaseComparison] = {}
     entries: dict[tuple[Any, ...], list[Mapping[str, Any] | None]] = {}
     for i, run in enumerate(runs):
@@ -247,9 +239,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown format {args.format!r}; valid formats: {', '.join(FORMATS)}")
     thresholds, yaml_rules = _thresholds_from(args.config)
     rules = gates.parse_fail_rules(args.fail, "--fail") if args.fail else yaml_rules
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(DEFAULT_METRICS)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else catalogue.paths(catalogue.COMPARE)
     for m in metrics:
-        gates._check_metric(m, "--metrics")
+        gates.check_metric(m, "--metrics")
     runs = load_runs(args.results, args.storage)
     if len(runs) < 2 and not thresholds:
         raise UsageError("compare needs a baseline and at least one run (or --config with thresholds for one run)")
@@ -277,7 +269,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--strict", action="store_true",
                    help="fail on tolerance alone, ignoring the current run's confidence interval")
     p.add_argument("--config", metavar="YAML", help="speedbench.yaml whose thresholds (and fail rules) apply")
-    p.add_argument("--metrics", metavar="LIST", help=f"metrics to show (default: {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--metrics", metavar="LIST", help="metrics to show (default: the catalogue's compare metrics, "
+                   f"{','.join(catalogue.paths(catalogue.COMPARE))})")
     p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
     p.set_defaults(func=run)

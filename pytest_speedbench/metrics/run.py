@@ -1,5 +1,7 @@
 """Run metrics from request records: pure functions, no I/O, no HTTP (DESIGN.md "Metric definitions").
 
+Per-request formulas live in request.py, speedups in speedup.py, the list of metrics in catalogue.py.
+
 For one request turn: send time t_s; chunks j = 0..n-1 arriving at t_j carrying L_j tokens;
 N = sum L_j. Chunk 0 is prefill's output, so verification steps are chunks 1..n-1.
 
@@ -19,83 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from pytest_speedbench.metrics import stats
+from pytest_speedbench.metrics import catalogue, stats
+from pytest_speedbench.metrics.request import (
+    counter_al,
+    counter_steps,
+    request_al,
+    request_counter_step_latency,
+    request_e2e,
+    request_step_latency,
+    request_steps,
+    request_tpot,
+    request_ttft,
+    request_user_tps,
+)
 from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
 
 AGREEMENT_TOLERANCE = 0.02  # relative chunk-vs-counter AL difference tolerated
 SOURCE_CHUNKS = "chunks"
 SOURCE_COUNTERS = "engine_counters"
 SOURCE_BURSTS = "engine_counters+bursts"  # counter step count, step lengths from event bursts
-SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
-
-
-# --- per-request quantities -------------------------------------------------------------
-
-
-def request_steps(r: RequestRecord) -> int:
-    """Verification steps seen in the stream: chunks 1..n-1."""
-    return max(len(r.chunk_tokens) - 1, 0)
-
-
-def request_step_tokens(r: RequestRecord) -> int:
-    """Tokens produced by verification steps: N - L_0."""
-    return sum(r.chunk_tokens[1:])
-
-
-def request_al(r: RequestRecord) -> float | None:
-    """Request AL = (N - L_0) / (n - 1); None without a step."""
-    steps = request_steps(r)
-    return request_step_tokens(r) / steps if steps else None
-
-
-def request_ttft(r: RequestRecord) -> float | None:
-    """TTFT = t_0 - t_s."""
-    return r.chunk_times[0] - r.t_send if r.chunk_times else None
-
-
-def request_decode_time(r: RequestRecord) -> float | None:
-    """t_{n-1} - t_0: the time spent in verification steps; None without a step."""
-    return r.chunk_times[-1] - r.chunk_times[0] if request_steps(r) else None
-
-
-def request_step_latency(r: RequestRecord) -> float | None:
-    """Step latency = (t_{n-1} - t_0) / (n - 1)."""
-    decode = request_decode_time(r)
-    return decode / request_steps(r) if decode is not None else None
-
-
-def request_tpot(r: RequestRecord) -> float | None:
-    """TPOT = (t_{n-1} - t_0) / (N - L_0)."""
-    decode, tokens = request_decode_time(r), request_step_tokens(r)
-    return decode / tokens if decode is not None and tokens > 0 else None
-
-
-def request_user_tps(r: RequestRecord) -> float | None:
-    """User TPS = (N - L_0) / (t_{n-1} - t_0); None when no time elapsed."""
-    decode = request_decode_time(r)
-    return request_step_tokens(r) / decode if decode is not None and decode > 0 else None
-
-
-def request_e2e(r: RequestRecord) -> float | None:
-    """E2E = t_{n-1} - t_s."""
-    return r.chunk_times[-1] - r.t_send if r.chunk_times else None
-
-
-def counter_steps(c: Counters | None) -> int:
-    """Verification steps in normalized counters (0 when absent)."""
-    return int(c.get("steps") or 0) if c else 0
-
-
-def counter_al(c: Counters | None) -> float | None:
-    """Counter AL = (steps + accepted) / steps; None without steps."""
-    steps = counter_steps(c)
-    return (steps + float(c.get("accepted") or 0)) / steps if steps > 0 else None
-
-
-def request_counter_step_latency(r: RequestRecord) -> float | None:
-    """(t_{n-1} - t_0) / counter steps: step latency when the engine's step count is trusted."""
-    decode, steps = request_decode_time(r), counter_steps(r.counters)
-    return decode / steps if decode is not None and steps > 0 else None
 
 
 # --- aggregate helpers ----------------------------------------------------------------------
@@ -354,6 +298,7 @@ def compute_run_metrics(
         "num_errors": sum(1 for r in measured if r.error is not None),
         "num_empty": sum(1 for r in measured if r.error is None and not r.chunk_tokens),
         "num_warmup": len(run.requests) - len(measured),
+        **catalogue.computed(ok),
     }
 
 
@@ -391,113 +336,3 @@ def _effective_step_latency(
     if chunk_mean is None or not chunk_al or view.al is None:
         return None
     return chunk_mean * view.al / chunk_al
-
-
-# --- speedups -------------------------------------------------------------------------------
-
-
-def empty_speedups() -> dict[str, Any]:
-    """Speedup keys for a case without an autoregressive twin."""
-    out: dict[str, Any] = {}
-    for key in SPEEDUP_KEYS:
-        out[key] = None
-        out[f"{key}_ci95"] = None
-    out["speedup_analytical_inputs"] = None
-    return out
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
-
-
-def _analytical_rows(run: RunRecords, metrics: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """Paired per-request (AL, step latency) of the SD run, from the authoritative source."""
-    ok = [r for r in run.measured if r.ok]
-    if metrics.get("al_source") == SOURCE_COUNTERS:
-        view = counter_view(ok, run.engine_counters)
-        if view.has_per_request:
-            rows = [(al, request_counter_step_latency(r)) for r, al in view.per_request]
-            rows = [(a, s) for a, s in rows if s is not None]
-            return [a for a, _ in rows], [s for _, s in rows]
-    # chunks, or run-level counters: rescaling both by counter/chunk AL cancels in the ratio
-    rows2 = [(request_al(r), request_step_latency(r)) for r in ok if request_steps(r)]
-    return [a for a, _ in rows2], [s for _, s in rows2]
-
-
-def compute_speedups(
-    sd: RunRecords,
-    ar: RunRecords,
-    sd_metrics: dict[str, Any],
-    ar_metrics: dict[str, Any],
-    *,
-    seed: int = 0,
-    n_boot: int = 1000,
-) -> dict[str, Any]:
-    """Measured and analytical speedups of an SD run over its drafter=none twin, with 95% CIs.
-
-    - user TPS: ratio of mean per-request user TPS; CI resamples each run's requests.
-    - output TPS: ratio of measured-window throughputs; the window is not resampled, so the
-      CI rescales the point estimate by the bootstrap spread of sum(tokens) / sum(E2E).
-    - analytical: step_latency(AR) x AL(SD) / step_latency(SD). The AR twin's step latency is
-      its TPOT (each AR step yields one token, so this is immune to event coalescing and equals
-      the chunk step latency when every step is streamed); the SD step latency is the one
-      consistent with the authoritative AL (`step_latency_effective_mean_s`).
-    """
-    out = empty_speedups()
-    sd_ok = [r for r in sd.measured if r.ok]
-    ar_ok = [r for r in ar.measured if r.ok]
-
-    out["speedup_user_tps"] = _ratio(sd_metrics["user_tps"]["mean"], ar_metrics["user_tps"]["mean"])
-    out["speedup_user_tps_ci95"] = stats.bootstrap_ratio_ci(
-        [request_user_tps(r) for r in sd_ok], [request_user_tps(r) for r in ar_ok], n_boot=n_boot, seed=seed
-    )
-
-    speedup_output = _ratio(sd_metrics["output_tps"], ar_metrics["output_tps"])
-    out["speedup_output_tps"] = speedup_output
-    if speedup_output is not None:
-        out["speedup_output_tps_ci95"] = _output_tps_ci(sd_ok, ar_ok, speedup_output, n_boot, seed + 1)
-
-    ar_step = ar_metrics["tpot_s"]["mean"]
-    sd_al, sd_step = sd_metrics["acceptance_length"], sd_metrics["step_latency_effective_mean_s"]
-    if ar_step is not None and sd_al is not None and sd_step:
-        out["speedup_analytical"] = ar_step * sd_al / sd_step
-        out["speedup_analytical_inputs"] = {
-            "ar_step_latency_s": ar_step,
-            "ar_step_latency_basis": "tpot",
-            "sd_acceptance_length": sd_al,
-            "sd_step_latency_s": sd_step,
-            "sd_al_source": sd_metrics.get("al_source"),
-        }
-        sd_als, sd_steps = _analytical_rows(sd, sd_metrics)
-        ar_tpots = stats.finite([request_tpot(r) for r in ar_ok])
-        if sd_als and ar_tpots.size:
-            rng = np.random.default_rng([seed, 2])
-            sd_samples = stats.bootstrap_samples(
-                [sd_als, sd_steps], lambda a, s: a.mean(axis=1) / s.mean(axis=1), n_boot=n_boot, rng=rng
-            )
-            ar_samples = stats.bootstrap_samples([ar_tpots], lambda t: t.mean(axis=1), n_boot=n_boot, rng=rng)
-            out["speedup_analytical_ci95"] = stats.percentile_interval(ar_samples * sd_samples)
-    return out
-
-
-def _output_tps_ci(
-    sd_ok: Sequence[RequestRecord], ar_ok: Sequence[RequestRecord], point: float, n_boot: int, seed: int
-) -> list[float] | None:
-    """CI of the output-TPS speedup: point x relative bootstrap spread of tokens/E2E per side."""
-
-    def columns(reqs: Sequence[RequestRecord]) -> tuple[list[float], list[float]]:
-        rows = [(float(r.num_tokens), request_e2e(r)) for r in reqs]
-        rows = [(n, e) for n, e in rows if e is not None and e > 0]
-        return [n for n, _ in rows], [e for _, e in rows]
-
-    sd_cols, ar_cols = columns(sd_ok), columns(ar_ok)
-    if not sd_cols[0] or not ar_cols[0]:
-        return None
-    rng = np.random.default_rng([seed, 1])
-
-    def rate(n: np.ndarray, e: np.ndarray) -> np.ndarray:
-        return n.sum(axis=1) / e.sum(axis=1)
-
-    sd_rel = stats.bootstrap_samples(sd_cols, rate, n_boot=n_boot, rng=rng) / (sum(sd_cols[0]) / sum(sd_cols[1]))
-    ar_rel = stats.bootstrap_samples(ar_cols, rate, n_boot=n_boot, rng=rng) / (sum(ar_cols[0]) / sum(ar_cols[1]))
-    return stats.percentile_interval(point * sd_rel / ar_rel)

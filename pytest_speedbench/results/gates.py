@@ -22,29 +22,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_speedbench.errors import UsageError
+from pytest_speedbench.metrics import catalogue
 
 PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature", "draft_length")
 MATCH_KEYS: tuple[str, ...] = (*PARAM_KEYS, "category")
-
-#: summary objects {mean, std, p50, p90, p99}: a metric path names one statistic, e.g. ttft_s.p99
-SUMMARY_METRICS: tuple[str, ...] = ("ttft_s", "step_latency_s", "tpot_s", "e2e_s", "user_tps")
-SUMMARY_STATS: tuple[str, ...] = ("mean", "std", "p50", "p90", "p99")
-SCALAR_METRICS: tuple[str, ...] = (
-    "acceptance_length",
-    "acceptance_length_pooled",
-    "acceptance_length_all_chunks",
-    "output_tps",
-    "speedup_user_tps",
-    "speedup_output_tps",
-    "speedup_analytical",
-)
-CATEGORY_MAP = "acceptance_length_by_category"
-#: metrics a threshold with `category` in its match may bound: `<metric>_by_category[cat]`
-CATEGORY_METRICS: tuple[str, ...] = ("acceptance_length",)
-#: metrics where a larger value is better (a drop is the regression direction)
-HIGHER_IS_BETTER: frozenset[str] = frozenset(
-    {*SCALAR_METRICS, CATEGORY_MAP, *(f"user_tps.{s}" for s in ("mean", "p50", "p90", "p99"))}
-)
 
 #: float slack so a change of exactly the tolerance (e.g. 2.0 -> 1.94 for -3%) does not fail
 _EPS = 1e-9
@@ -52,34 +33,24 @@ _SPEC_RE = re.compile(r"^(?P<sign>[+-])?(?P<num>\d+(?:\.\d*)?|\.\d+)(?P<pct>%)?$
 
 
 def metric_names() -> list[str]:
-    """Every metric path a rule or threshold may name (per-category paths as a pattern)."""
-    names = list(SCALAR_METRICS)
-    names += [f"{m}.{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS]
-    names += [CATEGORY_MAP, f"{CATEGORY_MAP}.<category>"]
-    return names
+    """Every metric path a rule or threshold may name (per-category paths as a pattern), from the catalogue."""
+    return catalogue.gated_paths()
 
 
-def _check_metric(name: str, where: str) -> str:
-    name = name.strip()
-    if name in SCALAR_METRICS or name == CATEGORY_MAP:
-        return name
-    head, dot, tail = name.partition(".")
-    if head in SUMMARY_METRICS and tail in SUMMARY_STATS:
-        return name
-    if head == CATEGORY_MAP and dot and tail:
-        return name
-    hint = ""
-    if head in SUMMARY_METRICS:
-        hint = f" ({head} is a summary: name one statistic, e.g. {head}.p99)"
-    raise UsageError(
-        f"{where}: unknown metric {name!r}{hint}; valid metrics: {', '.join(metric_names())}"
-    )
+def check_metric(name: str, where: str) -> str:
+    """`name` when a rule, threshold or `--metrics` may name it; else a UsageError listing the valid ones."""
+    return catalogue.check_path(name, where)
 
 
-def _bad_direction(metric: str) -> int:
+def bad_direction(metric: str) -> int:
     """-1 when a decrease is the regression direction, +1 when an increase is."""
-    head = metric.partition(".")[0]
-    return -1 if metric in HIGHER_IS_BETTER or head == CATEGORY_MAP else +1
+    spec = catalogue.spec_for(metric)
+    return spec.bad_direction(metric) if spec is not None else +1
+
+
+def _category_metrics() -> list[str]:
+    """Metrics a threshold with `category` in its match may bound: `<metric>_by_category[cat]`."""
+    return [m.name for m in catalogue.metrics() if m.gated and m.per_category]
 
 
 # --------------------------------------------------------------------------- value lookup
@@ -197,12 +168,12 @@ class Rule:
 
     def expand(self, baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
         """Concrete metric paths: `acceptance_length_by_category` means each category in both runs."""
-        if self.metric != CATEGORY_MAP:
+        if not self.metric.endswith("_by_category"):
             return [self.metric]
-        base, cur = baseline.get(CATEGORY_MAP), current.get(CATEGORY_MAP)
+        base, cur = baseline.get(self.metric), current.get(self.metric)
         if not isinstance(base, Mapping) or not isinstance(cur, Mapping):
             return [self.metric]
-        return [f"{CATEGORY_MAP}.{c}" for c in cur if c in base]
+        return [f"{self.metric}.{c}" for c in cur if c in base]
 
 
 #: the rules docs/gates.md recommends for CI (and benchmarks/bench_false_alarms.py checks for false
@@ -230,14 +201,14 @@ def parse_fail_rules(text: str | Sequence[str] | None, option: str = "--speedben
                 f"{option}: rule {item!r} is not METRIC:CHANGE (e.g. acceptance_length:-3%, "
                 f"ttft_s.p99:+10%, acceptance_length:-0.1); valid metrics: {', '.join(metric_names())}"
             )
-        metric = _check_metric(metric, f"{option} rule {item!r}")
+        metric = check_metric(metric, f"{option} rule {item!r}")
         m = _SPEC_RE.match(spec.strip())
         if not m:
             raise UsageError(
                 f"{option}: rule {item!r} has change {spec!r}; expected a signed amount such as "
                 f"-3% (relative) or -0.1 (absolute), where the sign names the direction that fails"
             )
-        direction = {"-": -1, "+": +1, None: _bad_direction(metric)}[m.group("sign")]
+        direction = {"-": -1, "+": +1, None: bad_direction(metric)}[m.group("sign")]
         rules.append(Rule(metric, direction, float(m.group("num")), m.group("pct") is not None))
     return rules
 
@@ -253,7 +224,7 @@ def rules_from_settings(fail_option: str | None, sections: Mapping[str, Any]) ->
 # --------------------------------------------------------------------------- thresholds
 
 
-def _norm(value: Any) -> Any:
+def norm(value: Any) -> Any:
     """Match values across yaml and results: 0 == 0.0, '1' == 1, None == null."""
     if value is None or isinstance(value, bool):
         return value
@@ -290,7 +261,7 @@ class Threshold:
         for key, accepted in self.match:
             if key == "category":
                 continue
-            if _norm(params.get(key)) not in {_norm(v) for v in accepted}:
+            if norm(params.get(key)) not in {norm(v) for v in accepted}:
                 return False
         return True
 
@@ -337,11 +308,11 @@ def parse_thresholds(sections: Mapping[str, Any]) -> list[Threshold]:
         for metric, spec in entry.items():
             if metric == "match":
                 continue
-            metric = _check_metric(str(metric), where)
-            if per_category and metric not in CATEGORY_METRICS:
+            metric = check_metric(str(metric), where)
+            if per_category and metric not in _category_metrics():
                 raise UsageError(
                     f"{where}: metric {metric!r} has no per-category value; with 'category' in match "
-                    f"valid metrics are: {', '.join(CATEGORY_METRICS)}"
+                    f"valid metrics are: {', '.join(_category_metrics())}"
                 )
             if not isinstance(spec, Mapping) or not spec or set(spec) - {"min", "max"}:
                 raise UsageError(f"{where}: {metric} must be {{min: x}}, {{max: y}} or both, got {spec!r}")
@@ -411,9 +382,9 @@ def _threshold_checks(threshold: Threshold, params: Mapping[str, Any], extra_inf
             continue
         by_cat = extra_info.get(f"{bound.metric}_by_category")
         present = list(by_cat) if isinstance(by_cat, Mapping) else []
-        wanted = {_norm(c) for c in cats}
+        wanted = {norm(c) for c in cats}
         for cat in present:
-            if "*" in cats or _norm(cat) in wanted:
+            if "*" in cats or norm(cat) in wanted:
                 paths.append((bound, f"{bound.metric}_by_category.{cat}"))
     checks = []
     for bound, path in paths:
@@ -541,7 +512,7 @@ def _as_unstable(check: Check, reason: str) -> Check:
 
 
 def same_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return all(_norm(a.get(k)) == _norm(b.get(k)) for k in PARAM_KEYS)
+    return all(norm(a.get(k)) == norm(b.get(k)) for k in PARAM_KEYS)
 
 
 def find_baseline_entry(baseline_doc: Mapping[str, Any] | None, params: Mapping[str, Any],
@@ -567,28 +538,25 @@ def find_baseline(baseline_doc: Mapping[str, Any] | None, params: Mapping[str, A
     return dict(bench.get("extra_info") or {}) if bench is not None else None
 
 
-#: metric paths recorded as JUnit properties (when present)
-JUNIT_METRICS: tuple[str, ...] = (
-    "acceptance_length", "acceptance_length_pooled", "speedup_user_tps", "speedup_output_tps",
-    "speedup_analytical", "output_tps", "user_tps.mean", "ttft_s.p50", "ttft_s.p99",
-    "tpot_s.mean", "tpot_s.p99", "num_requests", "num_output_tokens",
-)
-
-
 def junit_properties(extra_info: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Key metrics as (name, value) pairs for `record_property`, names prefixed `speedbench.`."""
+    """The catalogue's JUnit metrics as (name, value) pairs for `record_property`, names prefixed
+    `speedbench.`; a scalar's interval follows it as `<name>_ci95`, text metrics come as they are."""
     props: list[tuple[str, str]] = []
-    for path in JUNIT_METRICS:
-        value = lookup(extra_info, path)
-        if value is None:
-            continue
-        props.append((f"speedbench.{path}", f"{value:.6g}"))
-        interval = _pair(extra_info.get(f"{path}_ci95")) if "." not in path else None
-        if interval:
-            props.append((f"speedbench.{path}_ci95", f"{interval.lo:.6g},{interval.hi:.6g}"))
-    for key in ("al_source", "al_histogram_source"):  # where the AL and the plotted histogram come from
-        if isinstance(extra_info.get(key), str):
-            props.append((f"speedbench.{key}", extra_info[key]))
+    texts: list[tuple[str, str]] = []
+    for spec in catalogue.metrics():
+        for path in spec.paths(catalogue.JUNIT):
+            if spec.kind == "text":
+                if isinstance(extra_info.get(path), str):
+                    texts.append((f"speedbench.{path}", extra_info[path]))
+                continue
+            value = lookup(extra_info, path)
+            if value is None:
+                continue
+            props.append((f"speedbench.{path}", f"{value:.6g}"))
+            interval = _pair(extra_info.get(f"{path}_ci95")) if "." not in path else None
+            if interval:
+                props.append((f"speedbench.{path}_ci95", f"{interval.lo:.6g},{interval.hi:.6g}"))
+    props += texts
     gate = extra_info.get("gate")
     if isinstance(gate, Mapping) and gate.get("verdict"):
         props.append(("speedbench.gate", str(gate["verdict"])))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.errors import UsageError
+from pytest_speedbench.metrics import catalogue
 from pytest_speedbench.results.export import Run, runs_dataframe
 
 FIGURES: tuple[str, ...] = ("pareto", "al_by_category", "al_histogram", "conditional_acceptance", "speedup_vs_batch")
@@ -392,12 +393,11 @@ def make_figures(frame: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- page
 
-SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("run", "run"), ("case", "case"), ("acceptance_length", "AL"), ("speedup_user_tps", "speedup user"),
-    ("speedup_output_tps", "speedup output"), ("speedup_analytical", "speedup analytical"),
-    ("user_tps.mean", "user TPS"), ("output_tps", "output TPS"), ("ttft_s.p99", "TTFT p99 s"),
-    ("tpot_s.mean", "TPOT s"), ("gate.verdict", "gate"),
-)
+def summary_columns() -> list[tuple[str, str]]:
+    """(column, heading) of the page's summary table: run and case, the catalogue's report
+    metrics, then the gate verdict."""
+    metrics = [(path, spec.heading(path)) for spec in catalogue.metrics() for path in spec.paths(catalogue.REPORT)]
+    return [("run", "run"), ("case", "case"), *metrics, ("gate.verdict", "gate")]
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:
@@ -415,7 +415,7 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
 
 
 def summary_rows(frame: Any) -> tuple[list[str], list[list[str]]]:
-    columns = [(c, h) for c, h in SUMMARY_COLUMNS if c in frame and (c != "run" or _varies(frame, "run"))]
+    columns = [(c, h) for c, h in summary_columns() if c in frame and (c != "run" or _varies(frame, "run"))]
     records = frame.to_dict("records")
     return [h for _, h in columns], [[_cell(r, c) for c, _ in columns] for r in records]
 

@@ -5,49 +5,57 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-COLUMNS = ("case", "AL (95% CI)", "AL src", "speedup user/out/anl", "TTFT p50/p99 ms", "out TPS", "verdict")
+from pytest_speedbench.metrics import catalogue
 
 
-def _num(value: Any, fmt: str = "{:.2f}") -> str:
-    return "-" if value is None else fmt.format(value)
+def columns() -> list[tuple[str, list[tuple[catalogue.MetricSpec, str]]]]:
+    """The catalogue's table columns in order: (header, [(spec, path), ...]); rows sharing a
+    `column` header, and the statistics of one row, share a cell."""
+    out: dict[str, list[tuple[catalogue.MetricSpec, str]]] = {}
+    for spec in catalogue.metrics():
+        for path in spec.paths(catalogue.TABLE):
+            out.setdefault(spec.column or spec.label, []).append((spec, path))
+    return list(out.items())
 
 
-def _al(extra: dict[str, Any]) -> str:
-    al = extra.get("acceptance_length")
-    ci = extra.get("acceptance_length_ci95") or [None, None]
-    if al is None:
+def header() -> tuple[str, ...]:
+    return ("case", *(h for h, _ in columns()), "verdict")
+
+
+def _value(extra: dict[str, Any], spec: catalogue.MetricSpec, path: str) -> Any:
+    head, _, stat = path.partition(".")
+    value = extra.get(head)
+    return value.get(stat) if stat and isinstance(value, dict) else value
+
+
+def _text(spec: catalogue.MetricSpec, value: Any) -> str:
+    if value is None:
         return "-"
-    if ci[0] is None:
-        return f"{al:.2f}"
-    return f"{al:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+    if spec.kind == "text":
+        return spec.abbreviations.get(value, str(value))
+    return f"{value * spec.scale:.{spec.digits}f}"
 
 
-def _speedups(extra: dict[str, Any]) -> str:
-    keys = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
-    if all(extra.get(k) is None for k in keys):
+def _cell(extra: dict[str, Any], members: list[tuple[catalogue.MetricSpec, str]]) -> str:
+    """'-' when nothing was measured; values joined by '/'; a lone value with its 95% CI."""
+    values = [_value(extra, spec, path) for spec, path in members]
+    if all(v is None for v in values):
         return "-"
-    return "/".join(_num(extra.get(k)) for k in keys)
-
-
-def _ttft(extra: dict[str, Any]) -> str:
-    ttft = extra.get("ttft_s") or {}
-    if ttft.get("p50") is None:
-        return "-"
-    return f"{ttft['p50'] * 1e3:.1f}/{ttft['p99'] * 1e3:.1f}"
+    text = "/".join(_text(spec, v) for (spec, _), v in zip(members, values))
+    spec, path = members[0]
+    if len(members) == 1 and spec.has_ci and "." not in path:
+        ci = extra.get(f"{path}_ci95") or [None, None]
+        if ci[0] is not None:
+            scale, d = spec.scale, spec.digits
+            text += f" [{ci[0] * scale:.{d}f}, {ci[1] * scale:.{d}f}]"
+    return text
 
 
 def row_for(entry: dict[str, Any]) -> tuple[str, ...]:
     extra = entry.get("extra_info", {})
     gate = extra.get("gate") or {}
-    return (
-        entry.get("param") or entry.get("name", "?"),
-        _al(extra),
-        {"engine_counters": "counters", "chunks": "chunks"}.get(extra.get("al_source"), extra.get("al_source") or "-"),
-        _speedups(extra),
-        _ttft(extra),
-        _num(extra.get("output_tps"), "{:.1f}"),
-        _verdict(extra, gate),
-    )
+    cells = tuple(_cell(extra, members) for _, members in columns())
+    return (entry.get("param") or entry.get("name", "?"), *cells, _verdict(extra, gate))
 
 
 def _verdict(extra: dict[str, Any], gate: dict[str, Any]) -> str:
@@ -103,8 +111,9 @@ def gate_lines(entry: dict[str, Any]) -> list[str]:
 
 def render(entries: Sequence[dict[str, Any]]) -> list[str]:
     """Lines of the summary table: header, rule, one row per entry, then every gate result."""
-    rows = [COLUMNS] + [row_for(e) for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    head = header()
+    rows = [head] + [row_for(e) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     gates = [line for entry in entries for line in gate_lines(entry)]
