@@ -20,8 +20,9 @@ from pytest_speedbench.metrics import speedup
 from pytest_speedbench.metrics.request import request_e2e
 from pytest_speedbench.measure.client import LoadSpec, Progress, run_load
 from pytest_speedbench.settings.options import Settings
-from pytest_speedbench.engines import DRAFTERS, engine_class, get_entry
+from pytest_speedbench.engines import DRAFTERS, get_spec
 from pytest_speedbench.engines.base import Engine, EngineConfig
+from pytest_speedbench.engines.spec import engine_extra
 from pytest_speedbench.errors import EngineNotInstalled, UsageError
 from pytest_speedbench.settings.matrix import Case, Matrix, expand
 from pytest_speedbench.measure.records import RunRecords
@@ -193,6 +194,7 @@ class SpeedbenchSession:
             device=s.device,
             ready_timeout_s=s.ready_timeout,
             request_timeout_s=s.request_timeout,
+            extra=engine_extra(get_spec(engine), per_engine),
         )
 
     def availability(self, engine: str) -> str | None:
@@ -205,11 +207,11 @@ class SpeedbenchSession:
             from pytest_speedbench.engines.prepare import preparations_for
 
             reason = None
-            if not self.settings.server_urls():
-                check = getattr(engine_class(engine), "check_installed", None)
+            check = get_spec(engine).check_installed
+            configured = self.settings.per_engine.get(engine, {}).get("command")
+            if not self.settings.server_urls() and not configured and check is not None:
                 try:
-                    if check is not None:
-                        check()
+                    check()
                 except EngineNotInstalled as exc:
                     if "engine" in self.settings.explicit:
                         raise
@@ -262,7 +264,7 @@ class SpeedbenchSession:
         reason = self.availability(case.engine)
         if reason:
             return f"{case.engine} is not available: {reason}"
-        limit = get_entry(case.engine).max_concurrency
+        limit = get_spec(case.engine).max_concurrency
         if limit is not None and case.batch_size > limit and not self.settings.server_urls():
             return (
                 f"{case.engine} serves {limit} request at a time; batch size {case.batch_size} would "

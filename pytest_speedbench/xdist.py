@@ -32,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from pytest_speedbench.engines import get_spec
+from pytest_speedbench.engines.spec import PARALLEL_ALIASES, PARALLEL_KEYS
 from pytest_speedbench.errors import UsageError
 
 WORKER_INPUT_KEY = "speedbench_gpus"
@@ -41,24 +43,6 @@ GROUP_MODES = ("engine", "config")
 #: dist modes we replace with engine grouping (loadgroup included: see the module docstring)
 GROUPED_DIST_MODES = ("load", "loadscope", "loadgroup")
 
-PARALLEL_KEYS = ("tensor_parallel", "pipeline_parallel", "data_parallel", "nnodes", "node_rank", "dist_init_addr")
-_ALIASES = {"tp": "tensor_parallel", "tp_size": "tensor_parallel", "tensor_parallel_size": "tensor_parallel",
-            "pp": "pipeline_parallel", "pp_size": "pipeline_parallel", "pipeline_parallel_size": "pipeline_parallel",
-            "dp": "data_parallel", "dp_size": "data_parallel", "data_parallel_size": "data_parallel"}
-
-#: each engine's flag for a parallel setting; None: accepted, no flag (the engine uses every
-#: visible GPU); missing: the engine cannot do it
-ENGINE_FLAGS: dict[str, dict[str, str | None]] = {
-    "sglang": {"tensor_parallel": "--tp-size", "pipeline_parallel": "--pp-size", "data_parallel": "--dp-size",
-               "nnodes": "--nnodes", "node_rank": "--node-rank", "dist_init_addr": "--dist-init-addr"},
-    "vllm": {"tensor_parallel": "--tensor-parallel-size", "pipeline_parallel": "--pipeline-parallel-size",
-             "data_parallel": "--data-parallel-size"},
-    "trtllm": {"tensor_parallel": "--tp_size", "pipeline_parallel": "--pp_size"},
-    "llamacpp": {"tensor_parallel": None},
-    "hf": {"tensor_parallel": None},
-}
-
-
 # -- parallelism ------------------------------------------------------------------------------
 
 
@@ -66,7 +50,7 @@ def parallel_settings(per_engine: Mapping[str, Any]) -> dict[str, Any]:
     """The parallel keys of one engine's speedbench.yaml section, aliases resolved."""
     out: dict[str, Any] = {}
     for key, value in per_engine.items():
-        name = _ALIASES.get(key, key)
+        name = PARALLEL_ALIASES.get(key, key)
         if name in PARALLEL_KEYS and value is not None:
             out[name] = value if name == "dist_init_addr" else int(value)
     return out
@@ -81,26 +65,9 @@ def gpus_needed(parallel: Mapping[str, Any]) -> int:
 
 
 def parallel_args(engine: str, per_engine: Mapping[str, Any]) -> tuple[str, ...]:
-    """The engine's own command-line flags for the parallel settings; UsageError when it has none."""
-    parallel = parallel_settings(per_engine)
-    flags = ENGINE_FLAGS.get(engine, {})
-    argv: list[str] = []
-    for key, value in parallel.items():
-        if key in ("tensor_parallel", "pipeline_parallel", "data_parallel", "nnodes") and int(value) == 1:
-            continue
-        if key not in flags:
-            if engine == "vllm" and key in ("nnodes", "node_rank"):
-                argv += [] if "--distributed-executor-backend" in argv else ["--distributed-executor-backend", "ray"]
-                continue
-            supported = ", ".join(flags) or "none"
-            raise UsageError(
-                f"engines.{engine}.{key}: {engine} cannot be launched with {key}={value} here "
-                f"(supported: {supported}); launch it yourself and attach with --server-url"
-            )
-        flag = flags[key]
-        if flag is not None:
-            argv += [flag, str(value)]
-    return tuple(argv)
+    """The engine's own command-line flags for the parallel settings (its EngineSpec's
+    parallel_flags); UsageError when it has none."""
+    return get_spec(engine).parallel_argv(parallel_settings(per_engine))
 
 
 # -- GPU lists ----------------------------------------------------------------------------------

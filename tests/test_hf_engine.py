@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
-from pytest_speedbench.engines.hf import HFEngine, counters_from_steps, parse_draft_spec, resolve_device
+from pytest_speedbench.engines.hf import SPEC, HFEngine, counters_from_steps, parse_draft_spec, resolve_device
 from pytest_speedbench.errors import UsageError
 
 MAX_NEW = 24
@@ -49,8 +49,8 @@ def test_counters_from_chunk_sizes() -> None:
 
 
 def test_engine_contract_and_validation(tmp_path: Path) -> None:
-    assert HFEngine.name == "hf" and HFEngine.max_concurrency == 1
-    assert HFEngine.drafters == ("none", "ngram", "draft")
+    assert HFEngine.name == "hf" and SPEC.max_concurrency == 1 and SPEC.engine_class is HFEngine
+    assert SPEC.drafters == ("none", "ngram", "draft")
     with pytest.raises(UsageError, match="valid values: none, ngram, draft"):
         HFEngine(EngineConfig("hf", "eagle3"), tmp_path)
     with pytest.raises(UsageError, match="draft length 0"):

@@ -1,51 +1,72 @@
-"""Engine registry: names, supported drafters and lazy import paths.
+"""Engine registry: the SPEC of every built-in engine module plus the `pytest_speedbench.engines`
+entry points of installed distributions (see engines/spec.py).
 
-Matrix validation needs to know which drafters each engine supports without importing the
-engine (and its heavy dependencies), so that knowledge lives here, beside the import path.
+Built when asked, never at import: engine modules import their heavy dependencies (torch,
+vllm, sglang, tensorrt_llm) only inside functions, so reading their SPECs is cheap, and an
+entry point installed after this module was imported is still seen. Python caches the
+modules; callers that look up many engines take one `registry()` and keep it.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
-from pytest_speedbench.errors import bad_value
 from pytest_speedbench.engines.base import Engine, EngineConfig
+from pytest_speedbench.engines.spec import EngineSpec
+from pytest_speedbench.errors import UsageError, bad_value
 
 DRAFTERS: tuple[str, ...] = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
+#: modules of pytest_speedbench.engines that end in `SPEC = EngineSpec(...)`
+BUILTIN: tuple[str, ...] = ("sglang", "vllm", "trtllm", "llamacpp", "hf")
+ENTRY_POINT_GROUP = "pytest_speedbench.engines"
 
 
-@dataclass(frozen=True)
-class EngineEntry:
-    name: str
-    target: str  # "module:Class"
-    drafters: tuple[str, ...]
-    max_concurrency: int | None = None
+def _entry_point_specs() -> list[EngineSpec]:
+    """Each entry point names an EngineSpec, or a module holding one as SPEC."""
+    specs = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        loaded = ep.load()
+        spec = getattr(loaded, "SPEC", loaded)
+        if not isinstance(spec, EngineSpec):
+            raise UsageError(f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP} gives "
+                             f"{type(spec).__name__}, not an EngineSpec (or a module with SPEC = EngineSpec(...))")
+        specs.append(spec)
+    return specs
 
 
-ENGINES: dict[str, EngineEntry] = {
-    e.name: e
-    for e in (
-        EngineEntry("sglang", "pytest_speedbench.engines.sglang:SGLangEngine", DRAFTERS),
-        EngineEntry("vllm", "pytest_speedbench.engines.vllm:VLLMEngine", DRAFTERS),
-        EngineEntry("trtllm", "pytest_speedbench.engines.trtllm:TRTLLMEngine", DRAFTERS),
-        EngineEntry("llamacpp", "pytest_speedbench.engines.llamacpp:LlamaCppEngine", ("none", "ngram", "draft")),
-        EngineEntry("hf", "pytest_speedbench.engines.hf:HFEngine", ("none", "ngram", "draft"), max_concurrency=1),
-    )
-}
+def registry() -> dict[str, EngineSpec]:
+    """Every engine by name: built-ins first, then entry points (which may not reuse a name)."""
+    specs: dict[str, EngineSpec] = {}
+    for module in BUILTIN:
+        spec = importlib.import_module(f"pytest_speedbench.engines.{module}").SPEC
+        specs[spec.name] = spec
+    for spec in _entry_point_specs():
+        if spec.name in specs:
+            raise UsageError(f"engine {spec.name!r} from entry point group {ENTRY_POINT_GROUP} is already "
+                             "registered; give it another name")
+        unknown = [d for d in spec.drafters if d not in DRAFTERS]
+        if unknown:
+            raise bad_value(f"drafter of engine {spec.name}", unknown[0], DRAFTERS)
+        specs[spec.name] = spec
+    return specs
 
 
-def get_entry(name: str) -> EngineEntry:
+def engine_names() -> tuple[str, ...]:
+    return tuple(registry())
+
+
+def get_spec(name: str) -> EngineSpec:
+    specs = registry()
     try:
-        return ENGINES[name]
+        return specs[name]
     except KeyError:
-        raise bad_value("engine", name, ENGINES) from None
+        raise bad_value("engine", name, specs) from None
 
 
 def engine_class(name: str) -> type[Engine]:
-    module_name, _, attr = get_entry(name).target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    return get_spec(name).engine_class
 
 
 def create_engine(config: EngineConfig, workdir: Path) -> Engine:

@@ -135,11 +135,8 @@ class StreamParser(Protocol):
 class Engine(abc.ABC):
     """Base of every engine module."""
 
+    #: the engine's registry name; its other facts (drafters, limits, options) are its EngineSpec
     name: ClassVar[str]
-    #: neutral drafter names this engine implements (see DESIGN.md's table)
-    drafters: ClassVar[tuple[str, ...]]
-    #: largest number of requests the engine can serve at once (None: unbounded)
-    max_concurrency: ClassVar[int | None] = None
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
         self.config = config

@@ -8,7 +8,7 @@ that step accepted); the streamer forwards each step to the client's `on_chunk`,
 synchronize so the client's timestamp is taken when the step's tokens really exist.
 
 The engine serves one request at a time (assisted generation is batch-size-1 only), hence
-`max_concurrency = 1`: the plugin skips cases with a larger batch rather than report a
+`SPEC.max_concurrency = 1`: the plugin skips cases with a larger batch rather than report a
 throughput that is only a queue.
 """
 
@@ -24,6 +24,7 @@ from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
 from pytest_speedbench.engines.models import resolve_model
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import EngineConfig, InProcessEngine, SamplingParams
+from pytest_speedbench.engines.spec import EngineSpec
 
 #: the early-exit draft used when --draft-model is not given, as a fraction of the target's
 #: layers (SmolLM2-135M: 30 layers -> layers:24); see DEFAULT_DRAFT_FRACTION's measurement
@@ -135,13 +136,11 @@ class _DraftRecorder:
 
 class HFEngine(InProcessEngine):
     name: ClassVar[str] = "hf"
-    drafters: ClassVar[tuple[str, ...]] = ("none", "ngram", "draft")
-    max_concurrency: ClassVar[int | None] = 1
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
-        if config.drafter not in self.drafters:
-            raise UsageError(f"unknown drafter {config.drafter!r} for engine hf; valid values: {', '.join(self.drafters)}")
+        if config.drafter not in SPEC.drafters:
+            raise UsageError(f"unknown drafter {config.drafter!r} for engine hf; valid values: {', '.join(SPEC.drafters)}")
         if config.draft_length < 1:
             raise UsageError(f"draft length {config.draft_length} for engine hf; valid values: 1 or more")
         self.model: Any = None
@@ -324,3 +323,15 @@ class HFEngine(InProcessEngine):
         elif self.config.drafter == "none":
             drafted = [0] * len(streamer.chunks)
         return counters_from_steps([len(c) for c in streamer.chunks], drafted)
+
+
+SPEC = EngineSpec(
+    "hf", HFEngine, drafters=("none", "ngram", "draft"), max_concurrency=1,
+    install_hint="pip install torch==2.13.0 'pytest-speedbench[hf]'",
+    parallel_flags={"tensor_parallel": None},
+    options={
+        "threads": "torch CPU threads (default: torch's)",
+        "dtype": "auto, float32, bfloat16 or float16 (default auto)",
+        "ngram_size": "prompt-lookup n-gram size (default 2)",
+    },
+)

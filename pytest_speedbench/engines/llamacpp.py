@@ -29,10 +29,11 @@ from typing import Any
 import orjson
 
 from pytest_speedbench.errors import EngineError, RequestError, UsageError
-from pytest_speedbench.engines.llama_build import BuildLayout, cache_root, find_llama_server
+from pytest_speedbench.engines.llama_build import ENV_BINARY, BuildLayout, cache_root, find_llama_server
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
+from pytest_speedbench.engines.spec import EngineSpec
 
 #: neutral drafter -> llama-server --spec-type
 SPEC_TYPES = {"ngram": "ngram-simple", "draft": "draft-simple"}
@@ -218,7 +219,6 @@ class LlamaCppParser:
 
 class LlamaCppEngine(ServerEngine):
     name = "llamacpp"
-    drafters = ("none", "ngram", "draft")
     stop_grace_s = 10.0
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
@@ -304,3 +304,15 @@ class LlamaCppEngine(ServerEngine):
                 info["draft_note"] = ("draft model = target GGUF: real draft-simple SD whose drafts the "
                                       "target accepts almost always under greedy sampling")
         return info
+
+
+SPEC = EngineSpec(
+    "llamacpp", LlamaCppEngine, drafters=("none", "ngram", "draft"), command_env=ENV_BINARY,
+    install_hint="build it with `speedbench build-llama-server` (or tox -e llama-server), or attach with --server-url",
+    parallel_flags={"tensor_parallel": None},
+    options={
+        "ctx_per_slot": f"context tokens per slot; --ctx-size = slots x this (default {DEFAULT_CTX_PER_SLOT})",
+        "ngram_size_n": f"ngram-simple lookup length, capped at the draft length (default {DEFAULT_NGRAM_N})",
+        "threads": "--threads / --threads-batch (default: one CPU fewer than usable, at most 8)",
+    },
+)

@@ -47,6 +47,7 @@ from pytest_speedbench.errors import EngineError, EngineNotInstalled, RequestErr
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
+from pytest_speedbench.engines.spec import EngineSpec
 
 # Spellings of the same counter across SGLang versions, newest first.
 ACCEPTED_KEYS = ("spec_num_correct_drafts", "spec_accepted_drafts", "spec_accept_token_num")
@@ -262,7 +263,6 @@ class SGLangParser:
 
 class SGLangEngine(ServerEngine):
     name = "sglang"
-    drafters = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
 
     def __init__(self, config: EngineConfig, workdir) -> None:
         super().__init__(config, workdir)
@@ -349,3 +349,14 @@ class SGLangEngine(ServerEngine):
 
     def new_parser(self) -> SGLangParser:
         return SGLangParser(self.config.option("incremental_output"))
+
+
+SPEC = EngineSpec(
+    "sglang", SGLangEngine, drafters=("none", "ngram", "draft", "eagle", "eagle3", "mtp"),
+    command_env=ENV_COMMAND, default_command=default_command, install_hint=INSTALL_HINT,
+    parallel_flags={"tensor_parallel": "--tp-size", "pipeline_parallel": "--pp-size", "data_parallel": "--dp-size",
+                    "nnodes": "--nnodes", "node_rank": "--node-rank", "dist_init_addr": "--dist-init-addr"},
+    options={"incremental_output": "the server streams incremental token ids (true) or cumulative ones "
+                                    "(false); default: probed from the first event"},
+    check_installed=SGLangEngine.check_installed,
+)

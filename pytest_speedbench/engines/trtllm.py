@@ -63,6 +63,7 @@ from pytest_speedbench.engines.base import (
     SamplingParams,
 )
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
+from pytest_speedbench.engines.spec import EngineSpec
 
 ENV_COMMAND = "SPEEDBENCH_TRTLLM_CMD"
 INSTALL_HINT = (
@@ -191,7 +192,6 @@ class TRTLLMParser(OpenAICompletionStream):
 
 class TRTLLMEngine(ServerEngine):
     name = "trtllm"
-    drafters = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
         super().__init__(config, workdir)
@@ -279,3 +279,12 @@ class TRTLLMEngine(ServerEngine):
         # NGram proposes up to K tokens, often fewer: its drafted count is unknown
         fixed_k = speculative and self.config.drafter != "ngram"
         return TRTLLMParser(speculative, self.config.draft_length if fixed_k else None)
+
+
+SPEC = EngineSpec(
+    "trtllm", TRTLLMEngine, drafters=("none", "ngram", "draft", "eagle", "eagle3", "mtp"),
+    command_env=ENV_COMMAND, default_command=default_command, install_hint=INSTALL_HINT,
+    parallel_flags={"tensor_parallel": "--tp_size", "pipeline_parallel": "--pp_size"},
+    options={"llm_api_options": "keys merged into the --extra_llm_api_options YAML (e.g. kv_cache_config)"},
+    check_installed=TRTLLMEngine.check_installed,
+)

@@ -55,6 +55,7 @@ from pytest_speedbench.engines.base import (
     SamplingParams,
 )
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
+from pytest_speedbench.engines.spec import EngineSpec
 
 ENV_COMMAND = "SPEEDBENCH_VLLM_CMD"
 INSTALL_HINT = "install it with `pip install vllm` (needs a CUDA GPU), or attach with --server-url"
@@ -170,7 +171,6 @@ class VLLMParser(OpenAICompletionStream):
 
 class VLLMEngine(ServerEngine):
     name = "vllm"
-    drafters = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
     stop_grace_s = 15.0
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
@@ -270,3 +270,14 @@ class VLLMEngine(ServerEngine):
         if r.status_code != 200:
             raise EngineError(f"vLLM /metrics answered HTTP {r.status_code}")
         return parse_prometheus(r.text)
+
+
+SPEC = EngineSpec(
+    "vllm", VLLMEngine, drafters=("none", "ngram", "draft", "eagle", "eagle3", "mtp"),
+    command_env=ENV_COMMAND, default_command=default_command, install_hint=INSTALL_HINT,
+    parallel_flags={"tensor_parallel": "--tensor-parallel-size", "pipeline_parallel": "--pipeline-parallel-size",
+                    "data_parallel": "--data-parallel-size"},
+    multinode_argv=("--distributed-executor-backend", "ray"),
+    options={"speculative_config": "keys merged into --speculative-config (e.g. prompt_lookup_min)"},
+    check_installed=VLLMEngine.check_installed,
+)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pytest_speedbench.engines import get_spec
 from pytest_speedbench.engines.base import Engine, HttpEngine, InProcessEngine, SamplingParams
 from pytest_speedbench.errors import RequestError, SpeedbenchError
 from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
@@ -326,9 +327,10 @@ def run_inprocess(
     progress: Progress | None = None,
 ) -> RunRecords:
     """In-process engines serve one request at a time: a plain loop, no event loop in the way."""
-    if engine.max_concurrency is not None and spec.batch_size > engine.max_concurrency:
+    limit = get_spec(engine.name).max_concurrency
+    if limit is not None and spec.batch_size > limit:
         raise SpeedbenchError(
-            f"{engine.name} serves {engine.max_concurrency} request(s) at a time; batch size {spec.batch_size} "
+            f"{engine.name} serves {limit} request(s) at a time; batch size {spec.batch_size} "
             "would report misleading throughput"
         )
 

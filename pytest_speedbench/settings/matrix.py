@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from pytest_speedbench.engines import get_entry
+from pytest_speedbench.engines import get_spec
 
 #: `random` is the control: random-token prompts with the lengths of the throughput bucket
 #: (data/random_tokens.py), measured beside it with the same engine, batch size and draft length
@@ -107,7 +107,7 @@ def expand(
     cases: list[Case] = []
     servable_splits, servable_buckets = _servable(splits, buckets, configs, dataset, dropped)
     for engine in engines:
-        supported = get_entry(engine).drafters
+        supported = get_spec(engine).drafters
         for drafter in _none_first(drafters):
             if drafter not in supported:
                 dropped.append(

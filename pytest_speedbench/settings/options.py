@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pytest_speedbench.engines import DRAFTERS, ENGINES
+from pytest_speedbench.engines import DRAFTERS, engine_names, get_spec
 from pytest_speedbench.errors import UsageError, bad_value
 from pytest_speedbench.settings.matrix import BUCKETS, SPLITS
 
@@ -38,7 +38,11 @@ class OptionSpec:
     help: str
     kind: str = "str"  # str | int | float | bool | list_str | list_int | list_float
     default: Any = None
-    choices: tuple[str, ...] | None = None
+    #: valid values, or a function giving them (engines: read from the registry when needed)
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+
+    def valid_choices(self) -> tuple[str, ...] | None:
+        return self.choices() if callable(self.choices) else self.choices
 
     @property
     def ini_name(self) -> str:
@@ -46,7 +50,7 @@ class OptionSpec:
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
-    OptionSpec("engine", "--engine", "engines to benchmark (comma list)", "list_str", ["hf"], tuple(ENGINES)),
+    OptionSpec("engine", "--engine", "engines to benchmark (comma list)", "list_str", ["hf"], engine_names),
     OptionSpec("drafter", "--drafter", "drafters (comma list; none = autoregressive)", "list_str",
                ["none", "ngram", "draft"], DRAFTERS),
     OptionSpec("split", "--split", "SPEED-Bench splits (comma list)", "list_str", ["qualitative"], SPLITS),
@@ -128,10 +132,11 @@ def coerce(spec: OptionSpec, raw: Any) -> Any:
             return [float(x) for x in items]
     except ValueError:
         raise UsageError(f"{what}: {raw!r} is not a valid {spec.kind.replace('list_', 'list of ')}") from None
-    if spec.choices is not None:
+    choices = spec.valid_choices()
+    if choices is not None:
         for item in items:
-            if item not in spec.choices:
-                raise bad_value(f"{spec.name.replace('_', ' ')} in {what}", item, spec.choices)
+            if item not in choices:
+                raise bad_value(f"{spec.name.replace('_', ' ')} in {what}", item, choices)
     return items
 
 
@@ -200,9 +205,11 @@ class Settings:
         for name in ("request_timeout", "ready_timeout"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{OPTION_BY_NAME[name].flag}: must be positive")
+        names = engine_names() if self.per_engine else ()
         for engine, overrides in self.per_engine.items():
-            if engine not in ENGINES:
-                raise bad_value("engine in speedbench.yaml 'engines:' section", engine, ENGINES)
+            if engine not in names:
+                raise bad_value("engine in speedbench.yaml 'engines:' section", engine, names)
+            get_spec(engine).check_options(overrides, f"speedbench.yaml engines.{engine}")
             for bs in overrides.get("batch_size", []):
                 if bs < 1:
                     raise UsageError(f"engines.{engine}.batch_size: {bs} is not a positive integer")

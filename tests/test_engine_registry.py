@@ -1,0 +1,116 @@
+"""The engine registry: built from each engine module's SPEC plus the `pytest_speedbench.engines`
+entry points, without importing heavy engine dependencies.
+
+The end-to-end test installs a distribution the way pip would leave it (a module and a
+`.dist-info` with `entry_points.txt`) in a folder on sys.path; the engine it declares runs a
+case through the whole plugin with no edit to pytest_speedbench.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SUITE
+
+from pytest_speedbench import engines
+from pytest_speedbench.engines.spec import EngineSpec
+from pytest_speedbench.errors import UsageError
+
+TOY_MODULE = '''
+"""A toy in-process engine from another distribution: every step emits two tokens."""
+from pytest_speedbench.engines.base import InProcessEngine
+from pytest_speedbench.engines.spec import EngineSpec
+
+
+class ToyEngine(InProcessEngine):
+    name = "toy"
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        pass
+
+    def info(self):
+        return {**super().info(), "greeting": self.config.option("greeting")}
+
+    def generate(self, prompt_ids, sampling, on_chunk):
+        on_chunk([1])
+        for _ in range((sampling.max_new_tokens - 1) // 2):
+            on_chunk([2, 3])
+        return None
+
+
+SPEC = EngineSpec("toy", ToyEngine, drafters=("none", "ngram"), max_concurrency=4,
+                  options={"greeting": "a word the toy engine records in its info"},
+                  install_hint="pip install speedbench-toy")
+'''
+
+
+def install_toy(folder: Path) -> Path:
+    """A pip-style install of `speedbench-toy` into `folder`: module + dist-info with the entry point."""
+    (folder / "speedbench_toy.py").write_text(TOY_MODULE)
+    info = folder / "speedbench_toy-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: speedbench-toy\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pytest_speedbench.engines]\ntoy = speedbench_toy:SPEC\n")
+    return folder
+
+
+def test_builtin_specs_are_complete():
+    specs = engines.registry()
+    assert set(specs) >= {"sglang", "vllm", "trtllm", "llamacpp", "hf"}
+    for name, spec in specs.items():
+        assert spec.name == name == spec.engine_class.name
+        assert set(spec.drafters) <= set(engines.DRAFTERS) and "none" in spec.drafters
+    assert specs["hf"].max_concurrency == 1
+    assert specs["vllm"].command_env == "SPEEDBENCH_VLLM_CMD"
+    assert "ctx_per_slot" in specs["llamacpp"].options and "speculative_config" in specs["vllm"].options
+
+
+def test_registry_does_not_import_engine_dependencies():
+    code = ("import sys; from pytest_speedbench import engines; engines.registry(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'vllm', 'sglang', 'tensorrt_llm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
+def test_entry_point_must_give_an_engine_spec(tmp_path, monkeypatch):
+    (tmp_path / "bad_toy.py").write_text("SPEC = 'not a spec'\n")
+    info = tmp_path / "bad_toy-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-toy\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[pytest_speedbench.engines]\nbad = bad_toy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError, match="entry point 'bad'.*bad_toy.*EngineSpec"):
+        engines.registry()
+
+
+def test_external_engine_runs_a_case(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path,
+                                     monkeypatch):
+    monkeypatch.syspath_prepend(str(install_toy(pytester.mkdir("site"))))
+    assert isinstance(engines.get_spec("toy"), EngineSpec)
+    pytester.makepyfile(test_speedbench=SUITE)
+    pytester.makefile(".yaml", speedbench=textwrap.dedent("""
+        engines:
+          toy:
+            greeting: hello
+    """))
+    out = pytester.path / "run.json"
+    result = pytester.runpytest(
+        "--engine=toy", "--drafter=none,ngram", f"--tokenizer={tiny_tokenizer_dir}", f"--dataset={prompts_file}",
+        "--num-prompts=2", "--split=qualitative", "--warmup=0", "--output-len=9", f"--speedbench-json={out}",
+        "-p", "no:cacheprovider", "-W", "ignore::Warning",
+    )
+    result.assert_outcomes(passed=2)
+    doc = json.loads(out.read_text())
+    by_drafter = {b["params"]["drafter"]: b for b in doc["benchmarks"]}
+    assert set(by_drafter) == {"none", "ngram"}
+    assert by_drafter["ngram"]["extra_info"]["acceptance_length"] == pytest.approx(2.0)
+    # the engine-specific option reached the engine
+    assert doc["speedbench"]["engines"]["toy-none"]["greeting"] == "hello"
