@@ -113,7 +113,7 @@ class _SyntheticStream(asyncio.Protocol):
 
 def _serve(port: int, interval: float, stats_path: str, ready: Any) -> None:
     """One server process: its own socket on the shared port (SO_REUSEPORT), its own loop."""
-    from pytest_speedbench.measure.client import asyncio_run
+    from pytest_speedbench.measure.stream import asyncio_run
 
     async def main() -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -14,14 +14,16 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pytest_speedbench.engines import get_spec
 from pytest_speedbench.engines.base import Engine, HttpEngine, InProcessEngine, SamplingParams
 from pytest_speedbench.errors import RequestError, SpeedbenchError
 from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
-from pytest_speedbench.measure.transport import StreamResult, StreamTransport, resolve_kind
+from pytest_speedbench.measure import sharding
+from pytest_speedbench.measure.stream import ClientMeter, asyncio_run, cpu_per_event, stream_request
+from pytest_speedbench.measure.transport import StreamTransport, resolve_kind
 
 #: the client set the latency when its event loop woke up later than this, at p99, ...
 LAG_LIMIT_FLOOR_S = 0.002
@@ -87,26 +89,6 @@ def sampling_for(spec: LoadSpec, index: int) -> SamplingParams:
     return SamplingParams(spec.temperature, spec.max_new_tokens, spec.ignore_eos, seed)
 
 
-def records_from_stream(result: StreamResult, parser: Any, record: RequestRecord) -> None:
-    """Parse a finished stream's raw events into the record (after the latency window)."""
-    finished = False
-    for t, data in result.events:
-        event = parser.parse(data)
-        if event is None:
-            continue
-        if event.new_token_ids:
-            record.chunk_times.append(t)
-            record.chunk_tokens.append(len(event.new_token_ids))
-            record.output_ids.extend(event.new_token_ids)
-        if event.counters is not None:
-            record.counters = event.counters
-        finished = finished or event.finished
-    if not finished and not result.done:
-        raise RequestError(
-            f"stream ended without a final event or [DONE] after {len(record.chunk_tokens)} token chunks"
-        )
-
-
 def counters_delta(before: Counters | None, after: Counters | None) -> Counters | None:
     """Run-level counters over the measured window (after - before), lists element-wise."""
     if before is None or after is None:
@@ -122,42 +104,6 @@ def counters_delta(before: Counters | None, after: Counters | None) -> Counters 
         elif prev is None:
             delta[key] = value
     return delta
-
-
-class LagMonitor:
-    """Measures how late the event loop wakes up: the client's own delay on every timestamp."""
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval = interval
-        self.lags: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        perf = time.perf_counter
-        while True:
-            start = perf()
-            await asyncio.sleep(self.interval)
-            self.lags.append(perf() - start - self.interval)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> dict[str, float | int | None]:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        lags = sorted(self.lags)
-        if not lags:
-            return {"loop_lag_samples": 0, "loop_lag_p50_s": None, "loop_lag_p99_s": None, "loop_lag_max_s": None}
-        return {
-            "loop_lag_samples": len(lags),
-            "loop_lag_p50_s": lags[len(lags) // 2],
-            "loop_lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
-            "loop_lag_max_s": lags[-1],
-        }
 
 
 def _warmup_items(items: Sequence[WorkItem], n: int) -> list[WorkItem]:
@@ -217,35 +163,24 @@ async def run_http(
 ) -> RunRecords:
     """Single event loop: every stream of the run in this process (`measure=False`: warmup only)."""
     kind = spec.resolved_transport()
-    events = 0
+    meter = ClientMeter()
     async with StreamTransport(engine.base_url, kind=kind) as transport:
 
         async def send_turn(ids: Sequence[int], sampling: SamplingParams, record: RequestRecord) -> None:
-            nonlocal events
             request = engine.build_request(ids, sampling)
-            parser = engine.new_parser()
-            record.t_send = time.perf_counter()
-            try:
-                result = await transport.stream(request, spec.request_timeout)
-                events += len(result.events)
-                records_from_stream(result, parser, record)
-            except RequestError as exc:
-                record.error = str(exc)
+            meter.count(await stream_request(transport, request, engine.new_parser(), record, spec.request_timeout))
 
         counter = itertools.count()
         warm = await _drive(_warmup_items(items, spec.warmup), spec, encoder, send_turn, warmup=True, counter=counter)
         before = await engine.run_counters()
-        monitor = LagMonitor()
-        events = 0
-        cpu0 = time.process_time()
-        monitor.start()
+        meter.start()
         measured = await _drive(items, spec, encoder, send_turn, warmup=False, counter=counter,
                                 progress=progress) if measure else []
-        lag = await monitor.stop()
-        cpu = time.process_time() - cpu0
+        used = await meter.stop()
         after = await engine.run_counters()
-    info = {"transport": kind, "sharded": False, "shards": 1, **lag, "client_cpu_s": cpu, "client_events": events,
-            "client_cpu_us_per_event": cpu / events * 1e6 if events else None}
+    cpu, events = used.pop("cpu_s"), used.pop("events")
+    info = {"transport": kind, "sharded": False, "shards": 1, **used, "client_cpu_s": cpu, "client_events": events,
+            "client_cpu_us_per_event": cpu_per_event(cpu, events)}
     return RunRecords(warm + measured, counters_delta(before, after), info)
 
 
@@ -260,11 +195,9 @@ def _shard_blocker(engine: HttpEngine, items: Sequence[WorkItem], encoder: Conve
 
 def run_http_sharded(
     engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
-    plan: Any,
+    plan: sharding.ShardPlan,
 ) -> RunRecords:
     """Warmup here, then the measured requests over worker processes (see sharding.py)."""
-    from pytest_speedbench.measure import sharding
-
     kind = spec.resolved_transport()
     blob = sharding.parser_blob(engine.new_parser())
     if blob is None:
@@ -371,9 +304,7 @@ def run_load(
     if isinstance(engine, InProcessEngine):
         return run_inprocess(engine, items, spec, encoder, progress)
     if isinstance(engine, HttpEngine):
-        from pytest_speedbench.measure.sharding import plan_shards
-
-        plan = plan_shards(spec.batch_size, spec.resolved_shards())
+        plan = sharding.plan_shards(spec.batch_size, spec.resolved_shards())
         blocker = _shard_blocker(engine, items, encoder) if plan.sharded else None
         if plan.sharded and blocker is None:
             return _finish_client_info(run_http_sharded(engine, items, spec, encoder, plan))
@@ -383,38 +314,3 @@ def run_load(
             run.client_info["shard_blocked"] = blocker
         return _finish_client_info(run)
     raise TypeError(f"unsupported engine type {type(engine).__name__}")
-
-
-def asyncio_run(coro: Any) -> Any:
-    """asyncio.run on uvloop when it is installed (cheaper per event)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return _run_reraising_signal_errors(runner, coro)
-
-
-def _run_reraising_signal_errors(runner: asyncio.Runner, coro: Any) -> Any:
-    """uvloop logs and swallows an exception raised by a Python signal handler (pytest-timeout's
-    signal method raises one on SIGALRM), so a hung request would never be interrupted. Such an
-    exception that is not an ordinary Exception (pytest outcomes) stops the run and is re-raised."""
-    loop = runner.get_loop()
-    task = loop.create_task(coro)
-    fatal: list[BaseException] = []
-
-    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, BaseException) and not isinstance(exc, Exception):
-            fatal.append(exc)
-            task.cancel()
-            return
-        lp.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
-    try:
-        return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        if fatal:
-            raise fatal[0] from None
-        raise

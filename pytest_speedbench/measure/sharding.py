@@ -14,6 +14,7 @@ shared counter, so no worker idles while another still has a backlog.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 import multiprocessing as mp
@@ -26,8 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_speedbench.engines.base import HttpRequest
-from pytest_speedbench.errors import RequestError, SpeedbenchError
+from pytest_speedbench.errors import SpeedbenchError
 from pytest_speedbench.measure.records import RequestRecord
+from pytest_speedbench.measure.stream import ClientMeter, asyncio_run, cpu_per_event, stream_request
+from pytest_speedbench.measure.transport import StreamTransport
 
 #: streams one process serves before sharding pays off (see docs/client-performance.md:
 #: at ~25 us per event and 20 ms steps, 256 streams keep one core about 30% busy)
@@ -215,14 +218,12 @@ def merge_shard_info(shards: list[dict[str, Any]], plan: ShardPlan) -> dict[str,
         "loop_lag_p99_by_shard_s": [s.get("loop_lag_p99_s") for s in shards],
         "client_cpu_s": cpu,
         "client_events": events,
-        "client_cpu_us_per_event": (cpu / events * 1e6) if events else None,
+        "client_cpu_us_per_event": cpu_per_event(cpu, events),
     }
 
 
 def _worker_entry(job: ShardJob, counter: Any, start: Any, conn: Any) -> None:
     try:
-        from pytest_speedbench.measure.client import asyncio_run
-
         conn.send(("ready", None))
         start.wait()
         result = asyncio_run(_worker_main(job, counter))
@@ -237,16 +238,12 @@ def _worker_entry(job: ShardJob, counter: Any, start: Any, conn: Any) -> None:
 
 
 async def _worker_main(job: ShardJob, counter: Any) -> tuple[list[RequestRecord], dict[str, Any]]:
-    import asyncio
-
-    from pytest_speedbench.measure.client import LagMonitor, records_from_stream
-    from pytest_speedbench.measure.transport import StreamTransport
-
+    """One worker's slots: each takes the next request from the shared counter and streams it
+    through `stream.stream_request`, the same one-request loop as the in-process client."""
     total = len(job.requests)
     prototype = pickle.loads(job.parser_blob)
     records: list[RequestRecord] = []
-    events = 0
-    perf = time.perf_counter
+    meter = ClientMeter(job.lag_interval)
 
     def take() -> int:
         with counter.get_lock():
@@ -257,29 +254,20 @@ async def _worker_main(job: ShardJob, counter: Any) -> tuple[list[RequestRecord]
     async with StreamTransport(job.base_url, kind=job.transport) as transport:
 
         async def slot() -> None:
-            nonlocal events
             while True:
                 i = take()
                 if i >= total:
                     return
                 prompt_id, category = job.labels[i]
                 record = RequestRecord(prompt_id, category, 0)
-                record.t_send = perf()
-                try:
-                    result = await transport.stream(job.requests[i], job.idle_timeout)
-                    events += len(result.events)
-                    records_from_stream(result, copy.deepcopy(prototype), record)
-                except RequestError as exc:
-                    record.error = str(exc)
+                meter.count(await stream_request(transport, job.requests[i], copy.deepcopy(prototype), record,
+                                                 job.idle_timeout))
                 records.append(record)
 
-        monitor = LagMonitor(job.lag_interval)
-        cpu0 = time.process_time()
-        monitor.start()
+        meter.start()
         await asyncio.gather(*(slot() for _ in range(job.slots)))
-        lag = await monitor.stop()
-        cpu = time.process_time() - cpu0
-    info = {"index": job.index, "slots": job.slots, "requests": len(records), "events": events, "cpu_s": cpu, **lag}
+        used = await meter.stop()
+    info = {"index": job.index, "slots": job.slots, "requests": len(records), **used}
     return records, info
 
 

@@ -1,0 +1,157 @@
+"""One request -> one record, and the client's self-measurement: the part of the load loop
+that the in-process client (client.py) and the sharded workers (sharding.py) share.
+
+Both paths must measure identically, so the send-time stamp, the stream, the parse after the
+latency window, the error capture, and the CPU / event-loop-lag accounting live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pytest_speedbench.engines.base import HttpRequest, StreamParser
+from pytest_speedbench.errors import RequestError
+from pytest_speedbench.measure.records import RequestRecord
+from pytest_speedbench.measure.transport import StreamResult, StreamTransport
+
+
+def records_from_stream(result: StreamResult, parser: StreamParser, record: RequestRecord) -> None:
+    """Parse a finished stream's raw events into the record (after the latency window)."""
+    finished = False
+    for t, data in result.events:
+        event = parser.parse(data)
+        if event is None:
+            continue
+        if event.new_token_ids:
+            record.chunk_times.append(t)
+            record.chunk_tokens.append(len(event.new_token_ids))
+            record.output_ids.extend(event.new_token_ids)
+        if event.counters is not None:
+            record.counters = event.counters
+        finished = finished or event.finished
+    if not finished and not result.done:
+        raise RequestError(
+            f"stream ended without a final event or [DONE] after {len(record.chunk_tokens)} token chunks"
+        )
+
+
+async def stream_request(
+    transport: StreamTransport, request: HttpRequest, parser: StreamParser, record: RequestRecord,
+    idle_timeout: float,
+) -> int:
+    """Send one request, stamp its send time, stream and parse it into `record`; returns the
+    number of raw events. A RequestError becomes `record.error`, so one bad stream fails one record."""
+    record.t_send = time.perf_counter()
+    try:
+        result = await transport.stream(request, idle_timeout)
+    except RequestError as exc:
+        record.error = str(exc)
+        return 0
+    try:
+        records_from_stream(result, parser, record)
+    except RequestError as exc:
+        record.error = str(exc)
+    return len(result.events)
+
+
+class LagMonitor:
+    """Measures how late the event loop wakes up: the client's own delay on every timestamp."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.lags: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        perf = time.perf_counter
+        while True:
+            start = perf()
+            await asyncio.sleep(self.interval)
+            self.lags.append(perf() - start - self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> dict[str, float | int | None]:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        lags = sorted(self.lags)
+        if not lags:
+            return {"loop_lag_samples": 0, "loop_lag_p50_s": None, "loop_lag_p99_s": None, "loop_lag_max_s": None}
+        return {
+            "loop_lag_samples": len(lags),
+            "loop_lag_p50_s": lags[len(lags) // 2],
+            "loop_lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))],
+            "loop_lag_max_s": lags[-1],
+        }
+
+
+class ClientMeter:
+    """The client's cost over the measured window: loop lag, process CPU time, raw events.
+
+    `start()` inside the running loop, `count(n)` per stream, `await stop()` for the figures
+    {loop_lag_*, cpu_s, events}.
+    """
+
+    def __init__(self, lag_interval: float = 0.005) -> None:
+        self.monitor = LagMonitor(lag_interval)
+        self.events = 0
+        self._cpu0 = 0.0
+
+    def start(self) -> None:
+        self.events = 0
+        self._cpu0 = time.process_time()
+        self.monitor.start()
+
+    def count(self, events: int) -> None:
+        self.events += events
+
+    async def stop(self) -> dict[str, Any]:
+        lag = await self.monitor.stop()
+        return {**lag, "cpu_s": time.process_time() - self._cpu0, "events": self.events}
+
+
+def cpu_per_event(cpu_s: float, events: int) -> float | None:
+    """Client CPU microseconds per raw event (the hot path's cost)."""
+    return cpu_s / events * 1e6 if events else None
+
+
+def asyncio_run(coro: Any) -> Any:
+    """asyncio.run on uvloop when it is installed (cheaper per event)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return _run_reraising_signal_errors(runner, coro)
+
+
+def _run_reraising_signal_errors(runner: asyncio.Runner, coro: Any) -> Any:
+    """uvloop logs and swallows an exception raised by a Python signal handler (pytest-timeout's
+    signal method raises one on SIGALRM), so a hung request would never be interrupted. Such an
+    exception that is not an ordinary Exception (pytest outcomes) stops the run and is re-raised."""
+    loop = runner.get_loop()
+    task = loop.create_task(coro)
+    fatal: list[BaseException] = []
+
+    def handler(lp: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+            fatal.append(exc)
+            task.cancel()
+            return
+        lp.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        if fatal:
+            raise fatal[0] from None
+        raise
