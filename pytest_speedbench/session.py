@@ -207,11 +207,10 @@ class SpeedbenchSession:
             from pytest_speedbench.engines.prepare import preparations_for
 
             reason = None
-            check = get_spec(engine).check_installed
             configured = self.settings.per_engine.get(engine, {}).get("command")
-            if not self.settings.server_urls() and not configured and check is not None:
+            if not self.settings.server_urls() and not configured:
                 try:
-                    check()
+                    get_spec(engine).check_installed()
                 except EngineNotInstalled as exc:
                     if "engine" in self.settings.explicit:
                         raise

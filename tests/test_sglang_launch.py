@@ -12,6 +12,7 @@ import pytest
 from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
 from pytest_speedbench.engines.base import EngineConfig
 from pytest_speedbench.engines.lifecycle import pid_alive, process_group_members
+from pytest_speedbench.engines.sglang import SPEC as SGLANG_SPEC
 from pytest_speedbench.engines.sglang import SGLangEngine, build_argv, cuda_graph_args, probe_flags
 from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
 
@@ -129,4 +130,4 @@ def test_not_installed_hint(monkeypatch):
     monkeypatch.delenv("SPEEDBENCH_SGLANG_CMD", raising=False)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     with pytest.raises(EngineNotInstalled, match="pip install"):
-        SGLangEngine.check_installed()
+        SGLANG_SPEC.check_installed()

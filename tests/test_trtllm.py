@@ -14,6 +14,7 @@ import yaml
 from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
 from pytest_speedbench.engines.lifecycle import pid_alive, process_group_members
+from pytest_speedbench.engines.trtllm import SPEC as TRTLLM_SPEC
 from pytest_speedbench.engines.trtllm import (
     TRTLLMEngine,
     TRTLLMParser,
@@ -160,4 +161,4 @@ def test_not_installed_hint(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     with pytest.raises(EngineNotInstalled, match="pip install tensorrt-llm"):
-        TRTLLMEngine.check_installed()
+        TRTLLM_SPEC.check_installed()

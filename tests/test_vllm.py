@@ -14,6 +14,7 @@ from conftest import SUITE
 from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
 from pytest_speedbench.engines.lifecycle import pid_alive, process_group_members
+from pytest_speedbench.engines.vllm import SPEC as VLLM_SPEC
 from pytest_speedbench.engines.vllm import VLLMEngine, VLLMParser, build_argv, parse_prometheus
 from pytest_speedbench.errors import EngineError, EngineNotInstalled, RequestError, UsageError
 
@@ -206,7 +207,7 @@ def test_not_installed_names_the_install_hint(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     with pytest.raises(EngineNotInstalled, match="pip install vllm"):
-        VLLMEngine.check_installed()
+        VLLM_SPEC.check_installed()
 
 
 

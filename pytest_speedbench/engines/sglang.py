@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 
-from pytest_speedbench.errors import EngineError, EngineNotInstalled, RequestError, UsageError
+from pytest_speedbench.errors import EngineError, RequestError, UsageError
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
@@ -270,18 +270,6 @@ class SGLangEngine(ServerEngine):
         self._flags_probed: bool | None = None
 
     # -- lifecycle --
-    @classmethod
-    def check_installed(cls) -> None:
-        if override_command(ENV_COMMAND) or default_command():
-            return
-        raise EngineNotInstalled(f"sglang is not installed: {INSTALL_HINT}")
-
-    def _command(self) -> list[str]:
-        cmd = override_command(ENV_COMMAND, self.config.option("command")) or default_command()
-        if cmd is None:
-            raise EngineNotInstalled(f"sglang is not installed: {INSTALL_HINT}")
-        return cmd
-
     def start(self) -> None:
         if not self.base_url:
             self._launch_sglang()
@@ -292,7 +280,7 @@ class SGLangEngine(ServerEngine):
         self._stop_on_failure(fetch)
 
     def _launch_sglang(self) -> None:
-        command = self._command()
+        command = SPEC.require_launcher(self.config.option("command"))
         overridden = override_command(ENV_COMMAND, self.config.option("command")) is not None
         version = None if overridden else installed_version()
         flags = probe_flags(command)
@@ -358,5 +346,4 @@ SPEC = EngineSpec(
                     "nnodes": "--nnodes", "node_rank": "--node-rank", "dist_init_addr": "--dist-init-addr"},
     options={"incremental_output": "the server streams incremental token ids (true) or cumulative ones "
                                     "(false); default: probed from the first event"},
-    check_installed=SGLangEngine.check_installed,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import util
 from typing import TYPE_CHECKING, Any
 
 from pytest_speedbench.errors import EngineNotInstalled, UsageError
@@ -47,7 +48,7 @@ class EngineSpec:
     flag, the engine uses every visible GPU; absent: the engine cannot do it). `multinode_argv`
     is added once when nnodes/node_rank are set but have no flag (vLLM: a Ray backend).
     `options` are the engine-specific keys of `engines: <name>:` with their help; they reach
-    the engine as `EngineConfig.extra`. `check_installed` raises EngineNotInstalled (with
+    the engine as `EngineConfig.extra`. `check_installed()` raises EngineNotInstalled (with
     `install_hint`) when the engine cannot be launched here.
     """
 
@@ -63,7 +64,10 @@ class EngineSpec:
     parallel_flags: Mapping[str, str | None] = field(default_factory=dict)
     multinode_argv: tuple[str, ...] = ()
     options: Mapping[str, str] = field(default_factory=dict)
-    check_installed: Callable[[], None] | None = None
+    #: how to tell the engine is installed; None: a launcher (or `python_package`) is found
+    installed_check: Callable[[], None] | None = None
+    #: an importable package that also counts as installed (its launcher may be off PATH)
+    python_package: str | None = None
 
     def accepted_options(self) -> list[str]:
         """Every key `engines: <name>:` may hold, sorted."""
@@ -79,6 +83,32 @@ class EngineSpec:
 
     def not_installed(self) -> EngineNotInstalled:
         return EngineNotInstalled(f"{self.name} is not installed: {self.install_hint}")
+
+    def launcher(self, configured: object = None) -> list[str] | None:
+        """The launcher argv: `engines.<name>.command`, else $<command_env>, else the default
+        launcher; None when there is none."""
+        if self.command_env is not None:
+            from pytest_speedbench.engines.lifecycle import override_command
+
+            if cmd := override_command(self.command_env, configured):
+                return cmd
+        return self.default_command() if self.default_command is not None else None
+
+    def require_launcher(self, configured: object = None) -> list[str]:
+        """`launcher(configured)`, or EngineNotInstalled with the install hint."""
+        cmd = self.launcher(configured)
+        if cmd is None:
+            raise self.not_installed()
+        return cmd
+
+    def check_installed(self) -> None:
+        """Raise EngineNotInstalled when the engine cannot run here (the declared check, else
+        the launcher or python_package lookup; engines with neither are always available)."""
+        if self.installed_check is not None:
+            self.installed_check()
+        elif self.command_env is not None or self.default_command is not None:
+            if self.launcher() is None and not (self.python_package and util.find_spec(self.python_package)):
+                raise self.not_installed()
 
     def parallel_argv(self, parallel: Mapping[str, Any]) -> tuple[str, ...]:
         """The engine's own flags for resolved parallel settings; UsageError for one it cannot do."""

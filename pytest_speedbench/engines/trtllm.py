@@ -46,14 +46,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from importlib import metadata, util
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
 
-from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
+from pytest_speedbench.errors import EngineError, UsageError
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import (
     EngineConfig,
@@ -62,7 +62,7 @@ from pytest_speedbench.engines.base import (
     ParsedEvent,
     SamplingParams,
 )
-from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
+from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
 from pytest_speedbench.engines.spec import EngineSpec
 
 ENV_COMMAND = "SPEEDBENCH_TRTLLM_CMD"
@@ -198,17 +198,6 @@ class TRTLLMEngine(ServerEngine):
         self._options: dict[str, Any] | None = None
         self._states: list[str] = []  # x-trtllm-server-state values seen while starting
 
-    @classmethod
-    def check_installed(cls) -> None:
-        if override_command(ENV_COMMAND) or default_command() or util.find_spec("tensorrt_llm") is not None:
-            return
-        raise EngineNotInstalled(f"trtllm (TensorRT-LLM) is not installed: {INSTALL_HINT}")
-
-    def _command(self) -> list[str]:
-        cmd = override_command(ENV_COMMAND, self.config.option("command")) or default_command()
-        if cmd is None:
-            raise EngineNotInstalled(f"trtllm (TensorRT-LLM) is not installed: {INSTALL_HINT}")
-        return cmd
 
     def _probe(self, client: Any) -> bool:
         r = client.get("/health")
@@ -224,7 +213,7 @@ class TRTLLMEngine(ServerEngine):
             self._options = llm_api_options(self.config)
             options_path = self.workdir / f"trtllm-{self.config.key}-{port}.yaml"
             options_path.write_text(yaml.safe_dump(self._options, sort_keys=False))
-            argv = build_argv(self.config, port=port, command=self._command(), options_path=options_path)
+            argv = build_argv(self.config, port=port, command=SPEC.require_launcher(self.config.option("command")), options_path=options_path)
             self._launch(argv, port, label="trtllm-serve", probe=self._probe, client_timeout=5.0)
         self._stop_on_failure(self._fetch_version)
 
@@ -286,5 +275,5 @@ SPEC = EngineSpec(
     command_env=ENV_COMMAND, default_command=default_command, install_hint=INSTALL_HINT,
     parallel_flags={"tensor_parallel": "--tp_size", "pipeline_parallel": "--pp_size"},
     options={"llm_api_options": "keys merged into the --extra_llm_api_options YAML (e.g. kv_cache_config)"},
-    check_installed=TRTLLMEngine.check_installed,
+    python_package="tensorrt_llm",
 )

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from collections.abc import Sequence
 from importlib import metadata, util
 from pathlib import Path
@@ -45,7 +46,7 @@ from typing import Any
 
 import orjson
 
-from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
+from pytest_speedbench.errors import EngineError, UsageError
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import (
     EngineConfig,
@@ -54,7 +55,7 @@ from pytest_speedbench.engines.base import (
     ParsedEvent,
     SamplingParams,
 )
-from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
+from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
 from pytest_speedbench.engines.spec import EngineSpec
 
 ENV_COMMAND = "SPEEDBENCH_VLLM_CMD"
@@ -98,8 +99,11 @@ def speculative_config(config: EngineConfig) -> dict[str, Any] | None:
 
 
 def default_command() -> list[str] | None:
+    """`vllm` on PATH, else the package's CLI module (installed without the console script)."""
     exe = shutil.which("vllm")
-    return [exe] if exe else None
+    if exe:
+        return [exe]
+    return [sys.executable, "-m", "vllm.entrypoints.cli.main"] if util.find_spec("vllm") is not None else None
 
 
 def build_argv(config: EngineConfig, *, port: int, command: Sequence[str]) -> list[str]:
@@ -177,33 +181,12 @@ class VLLMEngine(ServerEngine):
         super().__init__(config, workdir)
         self._model_name: str | None = config.model
 
-    # -- installation --
-    @classmethod
-    def check_installed(cls) -> None:
-        """Raise EngineNotInstalled (with the install hint) when vLLM cannot be launched."""
-        if override_command(ENV_COMMAND) or default_command() or util.find_spec("vllm") is not None:
-            return
-        raise EngineNotInstalled(f"vllm is not installed: {INSTALL_HINT}")
-
-    def _command(self) -> list[str]:
-        cmd = override_command(ENV_COMMAND, self.config.option("command"))
-        if cmd:
-            return cmd
-        cmd = default_command()
-        if cmd is None:
-            if util.find_spec("vllm") is not None:  # installed without the console script on PATH
-                import sys
-
-                return [sys.executable, "-m", "vllm.entrypoints.cli.main"]
-            raise EngineNotInstalled(f"vllm is not installed: {INSTALL_HINT}")
-        return cmd
-
     # -- lifecycle --
     def start(self) -> None:
         if not self.base_url:
             port = free_port()
             # connection refused while the model loads; 200 from /health once serving
-            self._launch(build_argv(self.config, port=port, command=self._command()), port, label="vllm",
+            self._launch(build_argv(self.config, port=port, command=SPEC.require_launcher(self.config.option("command"))), port, label="vllm",
                          probe=lambda client: client.get("/health").status_code == 200, client_timeout=2.0)
         self._stop_on_failure(self._fetch_server_info)
 
@@ -279,5 +262,4 @@ SPEC = EngineSpec(
                     "data_parallel": "--data-parallel-size"},
     multinode_argv=("--distributed-executor-backend", "ray"),
     options={"speculative_config": "keys merged into --speculative-config (e.g. prompt_lookup_min)"},
-    check_installed=VLLMEngine.check_installed,
 )
