@@ -14,6 +14,7 @@ pytest.importorskip("pandas")
 from pytest_speedbench.engines.llamacpp import normalize_timings  # noqa: E402
 from pytest_speedbench.measure.records import RequestRecord, RunRecords  # noqa: E402
 from pytest_speedbench.metrics import run as M  # noqa: E402
+from pytest_speedbench.metrics.speedup import empty_speedups  # noqa: E402
 from pytest_speedbench.results import report  # noqa: E402
 from pytest_speedbench.results.document import benchmark_entry, results_document  # noqa: E402
 from pytest_speedbench.results.export import load_runs  # noqa: E402
@@ -42,7 +43,7 @@ def llama_like_request(prompt_id: str, category: str, accepts: list[int], t_send
 def llama_run(tmp_path_factory) -> tuple[Path, dict]:
     requests = [llama_like_request(f"{cat}-{i}", cat, acc, t_send=i * 2.0)
                 for cat, runs in ACCEPTS.items() for i, acc in enumerate(runs)]
-    extra = {**M.compute_run_metrics(RunRecords(requests), draft_length=3), **M.empty_speedups()}
+    extra = {**M.compute_run_metrics(RunRecords(requests), draft_length=3), **empty_speedups()}
     params = {"engine": "llamacpp", "drafter": "ngram", "split": "qualitative", "bucket": None,
               "batch_size": 1, "temperature": 0.0}
     name = "test_speculative_decoding[llamacpp-ngram-qualitative-bs1-t0]"
