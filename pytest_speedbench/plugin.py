@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pytest_speedbench import hookspecs
-from pytest_speedbench.settings.options import OPTIONS, build_settings
+from pytest_speedbench.settings.options import OPTIONS, add_option, build_settings
 from pytest_speedbench.engines.base import Engine
 from pytest_speedbench.errors import EngineNotInstalled, UsageError
 from pytest_speedbench.progress import CaseProgress, Terminal, minutes
@@ -26,23 +26,10 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
 
 
-def argparse_help(text: str) -> str:
-    """Escape `%` for argparse, which %-formats every help string when `pytest --help` prints it.
-
-    An unescaped `%` (e.g. in "acceptance_length:-3%,...") makes argparse raise ValueError and
-    breaks pytest's own help in every directory where the plugin is installed.
-    """
-    return text.replace("%", "%%")
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("speedbench", "speculative decoding benchmarks (pytest-speedbench)")
     for spec in OPTIONS:
-        kwargs: dict[str, Any] = {"dest": "speedbench_" + spec.name, "default": None,
-                                  "help": argparse_help(spec.help)}
-        if spec.kind == "bool":
-            kwargs.update(nargs="?", const="true", metavar="on|off")
-        group.addoption(spec.flag, **kwargs)
+        add_option(group.addoption, spec)
         parser.addini(spec.ini_name, spec.help)
     group.addoption("--no-chat-template", dest="speedbench_chat_template", action="store_const", const="false",
                     help="send the raw prompt text, without the tokenizer's chat template")

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from pytest_speedbench.errors import UsageError
-from pytest_speedbench.settings.options import Settings, build_settings
+from pytest_speedbench.settings.options import build_settings, default_settings
 
 from conftest import REPO, SUITE
 
 SHIPPED = REPO / "benchmarks" / "speedbench.yaml"
-DEFAULTS = Settings()
+DEFAULTS = default_settings()
 
 
 def test_no_options_is_the_demo_with_its_limits():

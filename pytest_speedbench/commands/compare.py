@@ -20,6 +20,7 @@ from pytest_speedbench.metrics import catalogue
 from pytest_speedbench.results import gates
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.results.export import Run, case_id, load_runs
+from pytest_speedbench.settings.options import add_command_options
 
 FORMATS = ("table", "markdown", "csv")
 
@@ -264,13 +265,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("results", nargs="+", metavar="RESULTS",
                    help="results files: paths, 'latest' or run numbers NNNN in --storage; the first is the baseline")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    p.add_argument("--fail", metavar="RULES",
-                   help="regression rules, e.g. acceptance_length:-3%%,speedup_user_tps:-5%%,ttft_s.p99:+10%%")
-    p.add_argument("--strict", action="store_true",
-                   help="fail on tolerance alone, ignoring the current run's confidence interval")
+    add_command_options(p)
     p.add_argument("--config", metavar="YAML", help="speedbench.yaml whose thresholds (and fail rules) apply")
     p.add_argument("--metrics", metavar="LIST", help="metrics to show (default: the catalogue's compare metrics, "
                    f"{','.join(catalogue.paths(catalogue.COMPARE))})")
-    p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
     p.set_defaults(func=run)

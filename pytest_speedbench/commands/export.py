@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.errors import UsageError
+from pytest_speedbench.settings.options import add_command_options
 from pytest_speedbench.results.export import load_runs, runs_dataframe, write_table
 
 
@@ -30,5 +31,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("results", nargs="+", metavar="RESULTS", help="results files: paths, 'latest' or run numbers NNNN")
     p.add_argument("--csv", metavar="FILE", help="write CSV here")
     p.add_argument("--parquet", metavar="FILE", help="write Parquet here (needs pyarrow)")
-    p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
+    add_command_options(p, ("storage",))
     p.set_defaults(func=run)

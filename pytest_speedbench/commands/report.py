@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pytest_speedbench.settings.options import add_command_options
 from pytest_speedbench.results.export import load_runs
 
 
@@ -28,5 +29,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("results", nargs="+", metavar="RESULTS", help="results files: paths, 'latest' or run numbers NNNN")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--format", choices=("md", "html", "both"), default="both", help="page format (default: both)")
-    p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
+    add_command_options(p, ("storage",))
     p.set_defaults(func=run)

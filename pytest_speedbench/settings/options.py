@@ -6,8 +6,9 @@ defaults. Every bad value is a UsageError naming the value and the valid ones.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,45 @@ OPTIONS: tuple[OptionSpec, ...] = (
 )
 
 OPTION_BY_NAME: dict[str, OptionSpec] = {o.name: o for o in OPTIONS}
+#: options the `speedbench` commands share with the plugin (as --fail, --strict, --storage there),
+#: registered from the same OptionSpec, as pytest-benchmark shares its option groups with its CLI
+COMMAND_OPTIONS: tuple[str, ...] = ("fail", "strict", "storage")
+
+
+def argparse_help(text: str) -> str:
+    """Escape `%` for argparse, which %-formats every help string when it prints help.
+
+    An unescaped `%` (e.g. in "acceptance_length:-3%,...") makes argparse raise ValueError and
+    breaks `pytest --help` in every directory where the plugin is installed.
+    """
+    return text.replace("%", "%%")
+
+
+def add_option(addoption: Callable[..., Any], spec: OptionSpec, *, command: bool = False) -> None:
+    """Register one option with `addoption` (a pytest option group's, or an argparse parser's
+    add_argument): for pytest as `spec.flag` with a raw value (None = not given: the settings
+    merge decides); for a `speedbench` command as `--<name>` with its typed default."""
+    text = argparse_help(spec.help)
+    if not command:
+        kwargs: dict[str, Any] = {"dest": "speedbench_" + spec.name, "default": None, "help": text}
+        if spec.kind == "bool":
+            kwargs.update(nargs="?", const="true", metavar="on|off")
+        addoption(spec.flag, **kwargs)
+        return
+    kwargs = {"dest": spec.name, "help": text}
+    if spec.kind == "bool":
+        kwargs["action"] = "store_true"
+    else:
+        kwargs.update(default=spec.default, metavar=spec.name.upper())
+        if spec.default is not None:
+            kwargs["help"] = f"{text} (default: {argparse_help(str(spec.default))})"
+    addoption("--" + spec.name.replace("_", "-"), **kwargs)
+
+
+def add_command_options(parser: Any, names: Sequence[str] = COMMAND_OPTIONS) -> None:
+    """The shared options on a `speedbench` subcommand's argparse parser."""
+    for name in names:
+        add_option(parser.add_argument, OPTION_BY_NAME[name], command=True)
 
 
 def _as_bool(raw: Any) -> bool:
@@ -142,39 +182,42 @@ def coerce(spec: OptionSpec, raw: Any) -> Any:
 
 @dataclass
 class Settings:
-    engine: list[str] = field(default_factory=lambda: ["hf"])
-    drafter: list[str] = field(default_factory=lambda: ["none", "ngram", "draft"])
-    split: list[str] = field(default_factory=lambda: ["qualitative"])
-    bucket: list[str] = field(default_factory=lambda: list(BUCKETS))
-    batch_size: list[int] = field(default_factory=lambda: [1])
-    temperature: list[float] = field(default_factory=lambda: [0.0])
-    model: str | None = None
-    tokenizer: str | None = None
-    draft_model: str | None = None
-    draft_length: list[int] = field(default_factory=lambda: [3])
-    server_url: str | None = None
-    dataset: str = "bundled"
-    category: list[str] = field(default_factory=list)
-    num_prompts: int = 4
-    output_len: int = 64
-    warmup: int = 1
-    rounds: int = 2
-    device: str = "auto"
-    engine_args: str | None = None
-    request_timeout: float = 300.0
-    ready_timeout: float = 600.0
-    chat_template: bool = True
-    seed: int = 0
-    config: str | None = None
+    """Every option's value (OPTIONS hold the defaults; `default_settings()` applies them) plus
+    what speedbench.yaml adds around the options."""
+
+    engine: list[str]
+    drafter: list[str]
+    split: list[str]
+    bucket: list[str]
+    batch_size: list[int]
+    temperature: list[float]
+    model: str | None
+    tokenizer: str | None
+    draft_model: str | None
+    draft_length: list[int]
+    server_url: str | None
+    dataset: str
+    category: list[str]
+    num_prompts: int
+    output_len: int
+    warmup: int
+    rounds: int
+    device: str
+    engine_args: str | None
+    request_timeout: float
+    ready_timeout: float
+    chat_template: bool
+    seed: int
+    config: str | None
     #: the profile applied (None: no profile); see settings/profile.py
-    profile: str | None = None
-    json: str | None = None
-    autosave: bool = True
-    storage: str = ".speedbench"
-    compare: str | None = None
-    fail: str | None = None
-    strict: bool = False
-    gpus: str | None = None
+    profile: str | None
+    json: str | None
+    autosave: bool
+    storage: str
+    compare: str | None
+    fail: str | None
+    strict: bool
+    gpus: str | None
     #: per-engine overrides from speedbench.yaml's `engines:` section (batch_size, engine_args, ...)
     per_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: sections of speedbench.yaml other modules read (gates, thresholds, ...)
@@ -253,6 +296,16 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return dict(data)
 
 
+def _defaults() -> dict[str, Any]:
+    """Each option's default (a copy: list defaults must not be shared between sessions)."""
+    return {spec.name: copy.deepcopy(spec.default) for spec in OPTIONS}
+
+
+def default_settings() -> Settings:
+    """Settings with every option at its default, as with no command line and no speedbench.yaml."""
+    return Settings(**_defaults())
+
+
 SECTION_KEYS = ("gates", "thresholds", "fail", "report")
 #: Settings attributes that are not options
 _NOT_OPTIONS = {"per_engine", "sections", "explicit", "from_profile", "yaml_file"}
@@ -309,7 +362,7 @@ def build_settings(
     profile_file = profile_values(profiles, profile, yaml_path)
     profile_engines = profile_file.pop("engines", {}) or {}
     _check_keys(profile_file, f"{yaml_path} profile {profile!r}")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = _defaults()
     explicit: set[str] = set()
     from_profile: set[str] = set()
     for spec in OPTIONS:
@@ -328,7 +381,8 @@ def build_settings(
     for engine, overrides in _per_engine(profile_engines, f"{yaml_path} profile {profile!r}").items():
         kept = {k: v for k, v in overrides.items() if cli.get(k) in (None, "")}
         per_engine[engine] = {**per_engine.get(engine, {}), **kept}
-    settings = Settings(**values, profile=profile, per_engine=per_engine, sections=sections,
+    values["profile"] = profile
+    settings = Settings(**values, per_engine=per_engine, sections=sections,
                         explicit=frozenset(explicit), from_profile=frozenset(from_profile),
                         yaml_file=str(yaml_path) if yaml_path else None)
     settings.validate()
