@@ -195,6 +195,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         speedbench.stop_engines()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_speedbench_machine_info(config: pytest.Config) -> dict[str, Any]:
+    from pytest_speedbench.results.document import machine_info
+
+    return machine_info()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_speedbench_commit_info(config: pytest.Config) -> dict[str, Any]:
+    from pytest_speedbench.results.document import commit_info
+
+    return commit_info()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_speedbench_results_document(
+    config: pytest.Config, entries: list[dict[str, Any]], section: dict[str, Any],
+    machine_info: dict[str, Any], commit_info: dict[str, Any],
+) -> dict[str, Any]:
+    from pytest_speedbench.results.document import results_document
+
+    return results_document(entries, section, machine=machine_info, commit=commit_info)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     session = config.stash.get(SESSION_KEY, None)
     if session is None or not session.book.entries:

@@ -450,7 +450,7 @@ class SpeedbenchSession:
 
     def _store(self, entry: dict[str, Any]) -> None:
         self.book.add(entry)
-        document = self.book.document()
+        document = self.book.document(self.config)
         if self.config is not None:
             self.config.hook.pytest_speedbench_results(config=self.config, document=document)
         self.book.save(document)
@@ -537,12 +537,22 @@ class ResultsBook:
     def add(self, entry: dict[str, Any]) -> None:
         self.entries[entry["fullname"]] = entry
 
-    def document(self) -> dict[str, Any]:
+    def document(self, config: Any = None) -> dict[str, Any]:
+        """The results document; under pytest (`config`) through the firstresult hooks, so a
+        conftest can replace machine info, commit info or the document itself."""
         from pytest_speedbench.results.document import commit_info, machine_info, results_document
 
+        entries = list(self.entries.values())
+        if config is None:
+            if self._machine is None:
+                self._machine, self._commit = machine_info(), commit_info()
+            return results_document(entries, self.section, machine=self._machine, commit=self._commit)
+        hook = config.hook
         if self._machine is None:
-            self._machine, self._commit = machine_info(), commit_info()
-        return results_document(list(self.entries.values()), self.section, machine=self._machine, commit=self._commit)
+            self._machine = hook.pytest_speedbench_machine_info(config=config)
+            self._commit = hook.pytest_speedbench_commit_info(config=config)
+        return hook.pytest_speedbench_results_document(config=config, entries=entries, section=self.section,
+                                                       machine_info=self._machine, commit_info=self._commit)
 
     def save(self, document: dict[str, Any]) -> list[Path]:
         from pytest_speedbench.results.document import write_atomic

@@ -211,7 +211,7 @@ class XdistSupport:
         self.session.engine_info.update(data.get("engines", {}))
         for entry in data.get("entries", []):
             self.session.book.add(entry)
-        document = self.session.book.document()
+        document = self.session.book.document(self.config)
         self.config.hook.pytest_speedbench_results(config=self.config, document=document)
         self.session.book.save(document)
 
