@@ -8,14 +8,14 @@ each raw event to the engine's parser *after* stamping its receipt time) or runs
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import orjson
 
-from pytest_speedbench.errors import RequestError
+from pytest_speedbench.errors import RequestError, UsageError
 from pytest_speedbench.measure.records import Counters
 
 
@@ -67,6 +67,24 @@ class ParsedEvent:
     new_token_ids: list[int]
     finished: bool = False
     counters: Counters | None = None
+
+
+def native_drafter(config: EngineConfig, names: Mapping[str, str], engine: str) -> str:
+    """The engine's own name for `config.drafter` (DESIGN.md's drafter table), or a UsageError
+    naming the drafters the engine has."""
+    try:
+        return names[config.drafter]
+    except KeyError:
+        raise UsageError(
+            f"{engine} has no drafter {config.drafter!r}; valid drafters: none, {', '.join(names)}"
+        ) from None
+
+
+def require_draft_model(config: EngineConfig, engine: str, what: str) -> str:
+    """`config.draft_model`, or a UsageError saying which checkpoint the drafter needs."""
+    if not config.draft_model:
+        raise UsageError(f"{engine} drafter {config.drafter!r} needs --draft-model ({what})")
+    return config.draft_model
 
 
 def decode_event(data: bytes, engine: str) -> dict[str, Any] | None:

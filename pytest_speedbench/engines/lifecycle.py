@@ -18,6 +18,7 @@ benchmark host clean live in one place:
 
 from __future__ import annotations
 
+import abc
 import atexit
 import os
 import shlex
@@ -434,6 +435,29 @@ class ServerEngine(HttpEngine):
                 env=self.config.option("env"),
                 interval_s=interval_s,
             )
+
+    def start(self) -> None:
+        """Launch the server (unless attached with --server-url), then read what it says about
+        itself; a failure after the launch stops the server."""
+        if not self.base_url:
+            self._launch_server()
+        self._stop_on_failure(self._read_server)
+
+    @abc.abstractmethod
+    def _launch_server(self) -> None:
+        """Build the engine's argv and `_launch` it."""
+
+    def _read_server(self) -> None:
+        """Ask the running server for its facts (version, model, slots); by default nothing."""
+
+    def info(self) -> dict[str, Any]:
+        """Engine, drafter, URL, version and launch facts, then the engine's own `server_info()`."""
+        return {**super().info(), "url": self.base_url, "version": self._version, **self.launch_info(),
+                **self.server_info()}
+
+    def server_info(self) -> dict[str, Any]:
+        """What this engine adds to the results' launch facts."""
+        return {}
 
     def _stop_on_failure(self, step: Callable[[], None]) -> None:
         """Run a post-start step; a failure there must not leave the server running."""

@@ -217,6 +217,11 @@ class LlamaCppParser:
 # -- engine ------------------------------------------------------------------------------
 
 
+def check_built() -> None:
+    """A built llama-server (the cache, $SPEEDBENCH_LLAMA_SERVER or PATH); the error says how to build it."""
+    find_llama_server()
+
+
 class LlamaCppEngine(ServerEngine):
     name = "llamacpp"
     stop_grace_s = 10.0
@@ -227,21 +232,11 @@ class LlamaCppEngine(ServerEngine):
         self._draft_model: Path | None = None
 
     # -- lifecycle --
-    @classmethod
-    def check_installed(cls) -> None:
-        """A built llama-server (the cache, $SPEEDBENCH_LLAMA_SERVER or PATH); the error says how to build it."""
-        find_llama_server()
+    def _read_server(self) -> None:
+        self._props = self._fetch_props()
+        self._version = self._version or self._props.get("build_info")
 
-    def start(self) -> None:
-        if not self.base_url:
-            self._launch_llama_server()
-
-        def fetch() -> None:
-            self._props = self._fetch_props()
-
-        self._stop_on_failure(fetch)
-
-    def _launch_llama_server(self) -> None:
+    def _launch_server(self) -> None:
         binary = find_llama_server()
         model = resolve_gguf(self.config.model)
         draft = None
@@ -289,15 +284,11 @@ class LlamaCppEngine(ServerEngine):
     def new_parser(self) -> LlamaCppParser:
         return LlamaCppParser(spec=self.config.drafter != "none")
 
-    def info(self) -> dict[str, Any]:
-        info = super().info()
-        info.update(
-            url=self.base_url,
-            version=self._version or self._props.get("build_info"),
-            **self.launch_info(),
-            slots=self._props.get("total_slots"),
-            streaming="one token per event: SD counters (timings.draft_n/draft_n_accepted) are authoritative",
-        )
+    def server_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "slots": self._props.get("total_slots"),
+            "streaming": "one token per event: SD counters (timings.draft_n/draft_n_accepted) are authoritative",
+        }
         if self.config.drafter == "draft" and self._draft_model is not None:
             info["draft_model"] = str(self._draft_model)
             if not self.config.draft_model:
@@ -308,6 +299,7 @@ class LlamaCppEngine(ServerEngine):
 
 SPEC = EngineSpec(
     "llamacpp", LlamaCppEngine, drafters=("none", "ngram", "draft"), command_env=ENV_BINARY,
+    installed_check=check_built,
     install_hint="build it with `speedbench build-llama-server` (or tox -e llama-server), or attach with --server-url",
     parallel_flags={"tensor_parallel": None},
     options={

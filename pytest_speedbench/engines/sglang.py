@@ -45,7 +45,15 @@ import orjson
 
 from pytest_speedbench.errors import EngineError, RequestError, UsageError
 from pytest_speedbench.measure.records import Counters
-from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
+from pytest_speedbench.engines.base import (
+    EngineConfig,
+    HttpRequest,
+    ParsedEvent,
+    SamplingParams,
+    decode_event,
+    native_drafter,
+    require_draft_model,
+)
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port, override_command
 from pytest_speedbench.engines.spec import EngineSpec
 
@@ -136,18 +144,13 @@ def probe_flags(command: Sequence[str], timeout_s: float = 300.0) -> frozenset[s
 def speculative_args(config: EngineConfig) -> list[str]:
     if config.drafter == "none":
         return []
-    try:
-        algorithm = ALGORITHMS[config.drafter]
-    except KeyError:
-        raise UsageError(
-            f"sglang has no drafter {config.drafter!r}; valid drafters: none, {', '.join(ALGORITHMS)}"
-        ) from None
+    algorithm = native_drafter(config, ALGORITHMS, "sglang")
     k = config.draft_length
     args = ["--speculative-algorithm", algorithm]
     if config.drafter == "ngram":
         return args + ["--speculative-num-draft-tokens", str(k + 1), "--speculative-ngram-max-bfs-breadth", "1"]
-    if config.drafter in NEEDS_DRAFT_MODEL and not config.draft_model:
-        raise UsageError(f"sglang drafter {config.drafter!r} needs --draft-model ({algorithm} draft checkpoint)")
+    if config.drafter in NEEDS_DRAFT_MODEL:
+        require_draft_model(config, "sglang", f"{algorithm} draft checkpoint")
     if config.draft_model:
         args += ["--speculative-draft-model-path", config.draft_model]
     return args + ["--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
@@ -270,16 +273,11 @@ class SGLangEngine(ServerEngine):
         self._flags_probed: bool | None = None
 
     # -- lifecycle --
-    def start(self) -> None:
-        if not self.base_url:
-            self._launch_sglang()
+    def _read_server(self) -> None:
+        self._server_info = self._probe_server_info()
+        self._version = self._server_info.get("version")
 
-        def fetch() -> None:
-            self._server_info = self._probe_server_info()
-
-        self._stop_on_failure(fetch)
-
-    def _launch_sglang(self) -> None:
+    def _launch_server(self) -> None:
         command = SPEC.require_launcher(self.config.option("command"))
         overridden = override_command(ENV_COMMAND, self.config.option("command")) is not None
         version = None if overridden else installed_version()
@@ -311,17 +309,13 @@ class SGLangEngine(ServerEngine):
         except httpx.HTTPError as exc:
             raise EngineError(f"cannot reach SGLang server at {self.base_url}: {exc}") from None
 
-    def info(self) -> dict[str, Any]:
-        info = super().info()
-        info.update(
-            url=self.base_url,
-            version=self._server_info.get("version"),
-            speculative_algorithm=self._server_info.get("speculative_algorithm"),
-            model=(self._server_info.get("model_info") or {}).get("model_path")
+    def server_info(self) -> dict[str, Any]:
+        return {
+            "speculative_algorithm": self._server_info.get("speculative_algorithm"),
+            "model": (self._server_info.get("model_info") or {}).get("model_path")
             or self._server_info.get("model_path"),
-        )
-        info.update(self.launch_info(), flags_probed=self._flags_probed)
-        return info
+            "flags_probed": self._flags_probed,
+        }
 
     # -- protocol --
     def build_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> HttpRequest:

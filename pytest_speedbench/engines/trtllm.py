@@ -55,13 +55,8 @@ import yaml
 
 from pytest_speedbench.errors import EngineError, UsageError
 from pytest_speedbench.measure.records import Counters
-from pytest_speedbench.engines.base import (
-    EngineConfig,
-    HttpRequest,
-    OpenAICompletionStream,
-    ParsedEvent,
-    SamplingParams,
-)
+from pytest_speedbench.engines.base import EngineConfig, HttpRequest, OpenAICompletionStream, ParsedEvent
+from pytest_speedbench.engines.base import SamplingParams, native_drafter, require_draft_model
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
 from pytest_speedbench.engines.spec import EngineSpec
 
@@ -89,17 +84,10 @@ def llm_api_options(config: EngineConfig) -> dict[str, Any]:
     """The YAML document passed with --extra_llm_api_options."""
     options: dict[str, Any] = {"kv_cache_config": {"enable_block_reuse": False}}
     if config.drafter != "none":
-        try:
-            decoding_type = DECODING_TYPES[config.drafter]
-        except KeyError:
-            raise UsageError(
-                f"trtllm has no drafter {config.drafter!r}; valid drafters: none, {', '.join(DECODING_TYPES)}"
-            ) from None
+        decoding_type = native_drafter(config, DECODING_TYPES, "trtllm")
         spec: dict[str, Any] = {"decoding_type": decoding_type, "max_draft_len": config.draft_length}
         if config.drafter in NEEDS_DRAFT_MODEL:
-            if not config.draft_model:
-                raise UsageError(f"trtllm drafter {config.drafter!r} needs --draft-model ({decoding_type} checkpoint)")
-            spec["speculative_model_dir"] = config.draft_model
+            spec["speculative_model_dir"] = require_draft_model(config, "trtllm", f"{decoding_type} checkpoint")
         if config.drafter == "ngram":
             spec["max_matching_ngram_size"] = 4
             options["disable_overlap_scheduler"] = True
@@ -206,18 +194,17 @@ class TRTLLMEngine(ServerEngine):
             self._states.append(state)
         return r.status_code == 200
 
-    def start(self) -> None:
-        if not self.base_url:
-            port = free_port()
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self._options = llm_api_options(self.config)
-            options_path = self.workdir / f"trtllm-{self.config.key}-{port}.yaml"
-            options_path.write_text(yaml.safe_dump(self._options, sort_keys=False))
-            argv = build_argv(self.config, port=port, command=SPEC.require_launcher(self.config.option("command")), options_path=options_path)
-            self._launch(argv, port, label="trtllm-serve", probe=self._probe, client_timeout=5.0)
-        self._stop_on_failure(self._fetch_version)
+    def _launch_server(self) -> None:
+        port = free_port()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._options = llm_api_options(self.config)
+        options_path = self.workdir / f"trtllm-{self.config.key}-{port}.yaml"
+        options_path.write_text(yaml.safe_dump(self._options, sort_keys=False))
+        command = SPEC.require_launcher(self.config.option("command"))
+        argv = build_argv(self.config, port=port, command=command, options_path=options_path)
+        self._launch(argv, port, label="trtllm-serve", probe=self._probe, client_timeout=5.0)
 
-    def _fetch_version(self) -> None:
+    def _read_server(self) -> None:
         import httpx
 
         try:
@@ -236,17 +223,12 @@ class TRTLLMEngine(ServerEngine):
                 except metadata.PackageNotFoundError:
                     continue
 
-    def info(self) -> dict[str, Any]:
-        info = super().info()
-        info.update(
-            url=self.base_url,
-            version=self._version,
-            **self.launch_info(),
-            llm_api_options=self._options,
-            startup_states=list(self._states),
-            counters="per request from avg_decoded_tokens_per_iter (first and last chunk)",
-        )
-        return info
+    def server_info(self) -> dict[str, Any]:
+        return {
+            "llm_api_options": self._options,
+            "startup_states": list(self._states),
+            "counters": "per request from avg_decoded_tokens_per_iter (first and last chunk)",
+        }
 
     def build_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> HttpRequest:
         body: dict[str, Any] = {

@@ -48,13 +48,8 @@ import orjson
 
 from pytest_speedbench.errors import EngineError, UsageError
 from pytest_speedbench.measure.records import Counters
-from pytest_speedbench.engines.base import (
-    EngineConfig,
-    HttpRequest,
-    OpenAICompletionStream,
-    ParsedEvent,
-    SamplingParams,
-)
+from pytest_speedbench.engines.base import EngineConfig, HttpRequest, OpenAICompletionStream, ParsedEvent
+from pytest_speedbench.engines.base import SamplingParams, native_drafter, require_draft_model
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
 from pytest_speedbench.engines.spec import EngineSpec
 
@@ -78,17 +73,10 @@ def speculative_config(config: EngineConfig) -> dict[str, Any] | None:
     """The --speculative-config object for the drafter (None for drafter=none)."""
     if config.drafter == "none":
         return None
-    try:
-        method = METHODS[config.drafter]
-    except KeyError:
-        raise UsageError(
-            f"vllm has no drafter {config.drafter!r}; valid drafters: none, {', '.join(METHODS)}"
-        ) from None
+    method = native_drafter(config, METHODS, "vllm")
     spec: dict[str, Any] = {"method": method, "num_speculative_tokens": config.draft_length}
     if config.drafter in NEEDS_DRAFT_MODEL:
-        if not config.draft_model:
-            raise UsageError(f"vllm drafter {config.drafter!r} needs --draft-model (a {method} checkpoint)")
-        spec["model"] = config.draft_model
+        spec["model"] = require_draft_model(config, "vllm", f"a {method} checkpoint")
     elif config.drafter == "mtp" and config.draft_model:
         spec["model"] = config.draft_model
     if config.drafter == "ngram":
@@ -182,15 +170,14 @@ class VLLMEngine(ServerEngine):
         self._model_name: str | None = config.model
 
     # -- lifecycle --
-    def start(self) -> None:
-        if not self.base_url:
-            port = free_port()
-            # connection refused while the model loads; 200 from /health once serving
-            self._launch(build_argv(self.config, port=port, command=SPEC.require_launcher(self.config.option("command"))), port, label="vllm",
-                         probe=lambda client: client.get("/health").status_code == 200, client_timeout=2.0)
-        self._stop_on_failure(self._fetch_server_info)
+    def _launch_server(self) -> None:
+        port = free_port()
+        command = SPEC.require_launcher(self.config.option("command"))
+        # connection refused while the model loads; 200 from /health once serving
+        self._launch(build_argv(self.config, port=port, command=command), port, label="vllm",
+                     probe=lambda client: client.get("/health").status_code == 200, client_timeout=2.0)
 
-    def _fetch_server_info(self) -> None:
+    def _read_server(self) -> None:
         import httpx
 
         try:
@@ -211,17 +198,12 @@ class VLLMEngine(ServerEngine):
             except metadata.PackageNotFoundError:
                 pass
 
-    def info(self) -> dict[str, Any]:
-        info = super().info()
-        info.update(
-            url=self.base_url,
-            version=self._version,
-            model=self._model_name,
-            **self.launch_info(),
-            speculative_config=speculative_config(self.config) if not self.config.server_url else None,
-            counters="Prometheus /metrics deltas around the measured window",
-        )
-        return info
+    def server_info(self) -> dict[str, Any]:
+        return {
+            "model": self._model_name,
+            "speculative_config": speculative_config(self.config) if not self.config.server_url else None,
+            "counters": "Prometheus /metrics deltas around the measured window",
+        }
 
     # -- protocol --
     def build_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> HttpRequest:
