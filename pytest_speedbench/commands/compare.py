@@ -20,7 +20,8 @@ from pytest_speedbench.metrics import catalogue
 from pytest_speedbench.results import gates
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.results.export import Run, case_id, load_runs
-from pytest_speedbench.settings.options import add_command_options
+from pytest_speedbench.commands import RESULTS_HELP, results_command
+from pytest_speedbench.settings.options import COMMAND_OPTIONS
 
 FORMATS = ("table", "markdown", "csv")
 
@@ -257,17 +258,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "compare",
-        help="compare results files side by side (first = baseline); exit 1 on a broken --fail rule",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("results", nargs="+", metavar="RESULTS",
-                   help="results files: paths, 'latest' or run numbers NNNN in --storage; the first is the baseline")
+    p = results_command(subparsers, "compare", description=__doc__.splitlines()[0], run=run,
+                        help="compare results files side by side (first = baseline); exit 1 on a broken --fail rule",
+                        results_help=f"{RESULTS_HELP}; the first is the baseline", options=COMMAND_OPTIONS)
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
-    add_command_options(p)
     p.add_argument("--config", metavar="YAML", help="speedbench.yaml whose thresholds (and fail rules) apply")
     p.add_argument("--metrics", metavar="LIST", help="metrics to show (default: the catalogue's compare metrics, "
                    f"{','.join(catalogue.paths(catalogue.COMPARE))})")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
-    p.set_defaults(func=run)

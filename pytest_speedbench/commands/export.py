@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.errors import UsageError
-from pytest_speedbench.settings.options import add_command_options
+from pytest_speedbench.commands import results_command
 from pytest_speedbench.results.export import load_runs, runs_dataframe, write_table
 
 
@@ -23,13 +23,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "export",
-        help="flat table of all runs (a row per case per run) as CSV or Parquet",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="results files: paths, 'latest' or run numbers NNNN")
+    p = results_command(subparsers, "export", description=__doc__.splitlines()[0], run=run,
+                        help="flat table of all runs (a row per case per run) as CSV or Parquet")
     p.add_argument("--csv", metavar="FILE", help="write CSV here")
     p.add_argument("--parquet", metavar="FILE", help="write Parquet here (needs pyarrow)")
-    add_command_options(p, ("storage",))
-    p.set_defaults(func=run)
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pytest_speedbench.settings.options import add_command_options
+from pytest_speedbench.commands import results_command
 from pytest_speedbench.results.export import load_runs
 
 
@@ -21,13 +21,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "report",
-        help="plots (Pareto, AL by category, AL histogram, conditional acceptance, speedup) and a report page",
-        description=__doc__.splitlines()[0],
-    )
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="results files: paths, 'latest' or run numbers NNNN")
+    p = results_command(subparsers, "report", description=__doc__.splitlines()[0], run=run,
+                        help="plots (Pareto, AL by category, AL histogram, conditional acceptance, speedup) and a "
+                             "report page")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--format", choices=("md", "html", "both"), default="both", help="page format (default: both)")
-    add_command_options(p, ("storage",))
-    p.set_defaults(func=run)
+

@@ -13,15 +13,8 @@ import numpy as np
 
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.metrics import stats
-from pytest_speedbench.metrics.request import (
-    request_al,
-    request_counter_step_latency,
-    request_e2e,
-    request_step_latency,
-    request_steps,
-    request_tpot,
-    request_user_tps,
-)
+from pytest_speedbench.metrics.request import request_al, request_counter_step_latency, request_e2e
+from pytest_speedbench.metrics.request import request_step_latency, request_steps, request_tpot, request_user_tps
 from pytest_speedbench.metrics.run import SOURCE_COUNTERS, counter_view
 
 SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
