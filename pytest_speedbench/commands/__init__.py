@@ -23,3 +23,11 @@ def results_command(
     add_command_options(p, options)
     p.set_defaults(func=run)
     return p
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser, n_boot: int = 2000) -> None:
+    """--n-boot and --seed (the plugin's seed option) of the commands that resample results."""
+    from pytest_speedbench.settings.options import add_command_options
+
+    parser.add_argument("--n-boot", type=int, default=n_boot, help=f"bootstrap resamples (default: {n_boot})")
+    add_command_options(parser, ("seed",))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from pytest_speedbench.commands import add_bootstrap_options, results_command
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.results.export import load_runs
 
@@ -99,9 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("predict", help="predict the speedup for a category mix, ISL and batch size",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="results files: paths, 'latest' or run numbers NNNN")
+    p = results_command(subparsers, "predict", description=__doc__.splitlines()[0], run=run,
+                        help="predict the speedup for a category mix, ISL and batch size")
     p.add_argument("--mix", metavar="CAT=W,...", help="category weights, e.g. coding=0.5,writing=0.5")
     p.add_argument("--isl", type=int, help="input length in target tokens")
     p.add_argument("--batch-size", type=int, help="concurrent requests")
@@ -109,7 +109,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--drafter", help="only this drafter")
     p.add_argument("--draft-length", type=int, help="only this draft length")
     p.add_argument("--check", action="store_true", help="leave-one-out: predict each measured SD case from the others")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
-    p.set_defaults(func=run)
+    add_bootstrap_options(p)

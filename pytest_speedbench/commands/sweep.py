@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pytest_speedbench.commands import add_bootstrap_options, results_command
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.results.export import load_runs
 
@@ -49,12 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("sweep", help="best draft length per batch size (paired bootstrap) and the random control",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("results", nargs="+", metavar="RESULTS", help="results files: paths, 'latest' or run numbers NNNN")
+    p = results_command(subparsers, "sweep", description=__doc__.splitlines()[0], run=run,
+                        help="best draft length per batch size (paired bootstrap) and the random control")
     p.add_argument("--format", choices=FORMATS, default="text", help="table format (default: text)")
     p.add_argument("--plot", metavar="DIR", help="also write speedup-vs-draft-length PNGs into DIR")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    p.add_argument("--storage", default=".speedbench", help="autosave folder for 'latest'/NNNN (default: .speedbench)")
-    p.set_defaults(func=run)
+    add_bootstrap_options(p)

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
-from pytest_speedbench.metrics import run as M
+from pytest_speedbench.metrics import request as R
+from pytest_speedbench.metrics.run import SOURCE_COUNTERS
 
 
 def _r(value: float | None) -> float | None:
@@ -32,10 +33,10 @@ def _r(value: float | None) -> float | None:
 
 def request_row(r: RequestRecord, *, use_counters: bool, isl: int | None) -> dict[str, Any]:
     """One request's row (see the module docstring for the columns)."""
-    steps = M.counter_steps(r.counters) if use_counters and M.counter_steps(r.counters) > 0 else M.request_steps(r)
-    step_tokens = M.request_step_tokens(r)
-    if use_counters and M.counter_steps(r.counters) > 0:
-        al = M.counter_al(r.counters)
+    steps = R.counter_steps(r.counters) if use_counters and R.counter_steps(r.counters) > 0 else R.request_steps(r)
+    step_tokens = R.request_step_tokens(r)
+    if use_counters and R.counter_steps(r.counters) > 0:
+        al = R.counter_al(r.counters)
     else:
         al = step_tokens / steps if steps else None
     return {
@@ -45,8 +46,8 @@ def request_row(r: RequestRecord, *, use_counters: bool, isl: int | None) -> dic
         "isl": isl if r.turn == 0 else None,
         "tokens": r.num_tokens,
         "step_tokens": step_tokens,
-        "e2e_s": _r(M.request_e2e(r)),
-        "decode_s": _r(M.request_decode_time(r)),
+        "e2e_s": _r(R.request_e2e(r)),
+        "decode_s": _r(R.request_decode_time(r)),
         "steps": steps,
         "al": _r(al),
     }
@@ -56,7 +57,7 @@ def per_request_rows(
     run: RunRecords, al_source: str | None, input_tokens: Mapping[str, int] | None = None
 ) -> list[dict[str, Any]]:
     """Rows of the measured successful requests of `run`, in record order."""
-    use_counters = al_source == M.SOURCE_COUNTERS
+    use_counters = al_source == SOURCE_COUNTERS
     lengths = input_tokens or {}
     return [
         request_row(r, use_counters=use_counters, isl=lengths.get(r.prompt_id))

@@ -131,6 +131,8 @@ def add_option(addoption: Callable[..., Any], spec: OptionSpec, *, command: bool
         kwargs["action"] = "store_true"
     else:
         kwargs.update(default=spec.default, metavar=spec.name.upper())
+        if spec.kind in ("int", "float"):
+            kwargs["type"] = int if spec.kind == "int" else float
         if spec.default is not None:
             kwargs["help"] = f"{text} (default: {argparse_help(str(spec.default))})"
     addoption("--" + spec.name.replace("_", "-"), **kwargs)
