@@ -19,7 +19,7 @@ from conftest import REPO, SUITE
 
 from pytest_speedbench import engines
 from pytest_speedbench.engines.spec import EngineSpec
-from pytest_speedbench.errors import UsageError
+from pytest_speedbench.errors import EngineNotInstalled, UsageError
 
 TOY_MODULE = '''
 """A toy in-process engine from another distribution: every step emits two tokens."""
@@ -114,3 +114,18 @@ def test_external_engine_runs_a_case(pytester: pytest.Pytester, tiny_tokenizer_d
     assert by_drafter["ngram"]["extra_info"]["acceptance_length"] == pytest.approx(2.0)
     # the engine-specific option reached the engine
     assert doc["speedbench"]["engines"]["toy-none"]["greeting"] == "hello"
+
+
+def test_installed_checks_follow_the_spec(monkeypatch, tmp_path):
+    """A built llama-server counts (not only a launcher env var); hf needs torch and transformers."""
+    binary = tmp_path / "llama-server"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("SPEEDBENCH_LLAMA_SERVER", str(binary))
+    engines.get_spec("llamacpp").check_installed()
+    monkeypatch.setenv("SPEEDBENCH_LLAMA_SERVER", str(tmp_path / "missing"))
+    with pytest.raises(EngineNotInstalled):
+        engines.get_spec("llamacpp").check_installed()
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    with pytest.raises(EngineNotInstalled, match="engine hf needs torch and transformers"):
+        engines.get_spec("hf").check_installed()

@@ -327,6 +327,7 @@ class HFEngine(InProcessEngine):
 
 SPEC = EngineSpec(
     "hf", HFEngine, drafters=("none", "ngram", "draft"), max_concurrency=1,
+    installed_check=HFEngine.check_installed,
     install_hint="pip install torch==2.13.0 'pytest-speedbench[hf]'",
     parallel_flags={"tensor_parallel": None},
     options={
