@@ -365,7 +365,7 @@ class SpeedbenchSession:
             per_round = [metrics.output_tps([r for r in x.measured if r.ok]) for x in runs]
             side["output_tps_rounds"] = per_round
             side["output_tps"] = float(sum(v for v in per_round if v) / len(per_round)) if all(per_round) else None
-        speedups = metrics.compute_speedups(run, ar_run, extra, ar_extra, seed=seed)
+        speedups = speedup.compute_speedups(run, ar_run, extra, ar_extra, seed=seed)
         sd_tps, ar_tps, keys = R.paired_user_tps(sd_runs, ar_runs)
         if keys:
             speedups["speedup_user_tps"] = R.ratio_of_means(sd_tps, ar_tps)
