@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import SUITE
 
+from pytest_speedbench.engines.llama_build import cache_root
 from pytest_speedbench.engines.llamacpp import build_argv
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.session import SpeedbenchSession
@@ -71,11 +72,16 @@ def test_unknown_engine_option_stops_the_session(pytester: pytest.Pytester):
                                  "valid options: *ctx_per_slot*"])
 
 
+#: the real cache (built llama-server, converted models), read before pytester moves HOME
+CACHE = cache_root()
+
+
 @pytest.mark.real_engine
-def test_ctx_per_slot_reaches_the_real_llama_server(pytester: pytest.Pytester):
+def test_ctx_per_slot_reaches_the_real_llama_server(pytester: pytest.Pytester, monkeypatch):
     from pytest_speedbench.engines.llama_build import find_llama_server
     from pytest_speedbench.errors import EngineNotInstalled
 
+    monkeypatch.setenv("SPEEDBENCH_CACHE", str(CACHE))
     try:
         find_llama_server()
     except EngineNotInstalled as exc:

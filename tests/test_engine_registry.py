@@ -71,6 +71,9 @@ def test_builtin_specs_are_complete():
     assert specs["hf"].max_concurrency == 1
     assert specs["vllm"].command_env == "SPEEDBENCH_VLLM_CMD"
     assert "ctx_per_slot" in specs["llamacpp"].options and "speculative_config" in specs["vllm"].options
+    # one-time preparations (llama.cpp's build, hf's model conversion) are SPEC facts too
+    assert specs["llamacpp"].preparation is not None and specs["hf"].preparation is not None
+    assert specs["vllm"].preparation is None
 
 
 def test_registry_does_not_import_engine_dependencies():

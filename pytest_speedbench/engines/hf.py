@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
 from pytest_speedbench.engines.models import resolve_model
+from pytest_speedbench.engines.prepare import model_conversion
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import EngineConfig, InProcessEngine, SamplingParams
 from pytest_speedbench.engines.spec import EngineSpec
@@ -328,6 +329,7 @@ class HFEngine(InProcessEngine):
 SPEC = EngineSpec(
     "hf", HFEngine, drafters=("none", "ngram", "draft"), max_concurrency=1,
     installed_check=HFEngine.check_installed,
+    preparation=model_conversion,
     install_hint="pip install torch==2.13.0 'pytest-speedbench[hf]'",
     parallel_flags={"tensor_parallel": None},
     options={

@@ -33,6 +33,7 @@ from pytest_speedbench.engines.llama_build import ENV_BINARY, BuildLayout, cache
 from pytest_speedbench.measure.records import Counters
 from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
+from pytest_speedbench.engines.prepare import llama_server_build
 from pytest_speedbench.engines.spec import EngineSpec
 
 #: neutral drafter -> llama-server --spec-type
@@ -300,6 +301,7 @@ class LlamaCppEngine(ServerEngine):
 SPEC = EngineSpec(
     "llamacpp", LlamaCppEngine, drafters=("none", "ngram", "draft"), command_env=ENV_BINARY,
     installed_check=check_built,
+    preparation=llama_server_build,
     install_hint="build it with `speedbench build-llama-server` (or tox -e llama-server), or attach with --server-url",
     parallel_flags={"tensor_parallel": None},
     options={

@@ -56,7 +56,7 @@ class BuildProgress:
         pass
 
 
-def llama_server_build(engine: str) -> Preparation | None:
+def llama_server_build(engine: str, model: str | None = None) -> Preparation | None:
     """Building the pinned llama-server, when it is not built and a toolchain is there."""
     from pytest_speedbench.engines import llama_build
     from pytest_speedbench.errors import EngineNotInstalled
@@ -101,13 +101,13 @@ def model_conversion(engine: str, model: str | None) -> Preparation | None:
 
 
 def preparations_for(engine: str, model: str | None) -> list[Preparation]:
-    """What `engine` still needs on this machine before it can run the given model."""
-    steps: list[Preparation | None] = []
-    if engine == "llamacpp":
-        steps.append(llama_server_build(engine))
-    if engine == "hf":
-        steps.append(model_conversion(engine, model))
-    return [step for step in steps if step is not None]
+    """What `engine` still needs on this machine before it can run the given model (its
+    EngineSpec's `preparation`, e.g. llama.cpp's build or hf's model conversion)."""
+    from pytest_speedbench.engines import get_spec
+
+    prepare = get_spec(engine).preparation
+    step = prepare(engine, model) if prepare is not None else None
+    return [step] if step is not None else []
 
 
 def run_preparations(steps: list[Preparation], say: Say, detailed: bool) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pytest_speedbench.errors import EngineNotInstalled, UsageError
 
 if TYPE_CHECKING:
     from pytest_speedbench.engines.base import Engine
+    from pytest_speedbench.engines.prepare import Preparation
 
 #: keys of `engines: <name>:` every engine accepts: settings the suite itself consumes
 #: (model, drafter length, batch sizes, extra launcher args) and the launcher override
@@ -68,6 +69,9 @@ class EngineSpec:
     installed_check: Callable[[], None] | None = None
     #: an importable package that also counts as installed (its launcher may be off PATH)
     python_package: str | None = None
+    #: (engine, model) -> a one-time step that makes the engine ready here (a build, a model
+    #: conversion; engines/prepare.py), or None when there is nothing to do
+    preparation: Callable[[str, str | None], Preparation | None] | None = None
 
     def accepted_options(self) -> list[str]:
         """Every key `engines: <name>:` may hold, sorted."""
