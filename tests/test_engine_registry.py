@@ -9,6 +9,7 @@ case through the whole plugin with no edit to pytest_speedbench.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -96,8 +97,11 @@ def test_entry_point_must_give_an_engine_spec(tmp_path, monkeypatch):
 
 def test_external_engine_runs_a_case(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path,
                                      monkeypatch):
-    monkeypatch.syspath_prepend(str(install_toy(pytester.mkdir("site"))))
+    site = install_toy(pytester.mkdir("site"))
+    monkeypatch.syspath_prepend(str(site))
     assert isinstance(engines.get_spec("toy"), EngineSpec)
+    # a fresh interpreter, as after `pip install`: the entry point is found on its sys.path
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(REPO)]))
     pytester.makepyfile(test_speedbench=SUITE)
     pytester.makefile(".yaml", speedbench=textwrap.dedent("""
         engines:
@@ -105,7 +109,7 @@ def test_external_engine_runs_a_case(pytester: pytest.Pytester, tiny_tokenizer_d
             greeting: hello
     """))
     out = pytester.path / "run.json"
-    result = pytester.runpytest(
+    result = pytester.runpytest_subprocess(
         "--engine=toy", "--drafter=none,ngram", f"--tokenizer={tiny_tokenizer_dir}", f"--dataset={prompts_file}",
         "--num-prompts=2", "--split=qualitative", "--warmup=0", "--output-len=9", f"--speedbench-json={out}",
         "-p", "no:cacheprovider", "-W", "ignore::Warning",

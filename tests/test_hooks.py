@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpcore  # noqa: F401  (imported at collection: see tests/test_plugin_gates.py)
 import pytest
 from conftest import SUITE
 
@@ -34,7 +33,7 @@ def test_conftest_replaces_machine_commit_and_document(pytester: pytest.Pytester
     pytester.makeconftest(CONFTEST)
     ar = fake_sglang("--algorithm", "NONE", "--step-ms", "2")
     out = pytester.path / target
-    result = pytester.runpytest(
+    result = pytester.runpytest_subprocess(
         "--engine=sglang", "--drafter=none", f"--server-url={ar.url}", f"--tokenizer={tiny_tokenizer_dir}",
         f"--dataset={prompts_file}", "--num-prompts=1", "--split=qualitative", "--warmup=0", "--output-len=8",
         f"--speedbench-json={out}", "-p", "no:cacheprovider", "-W", "ignore::Warning",
