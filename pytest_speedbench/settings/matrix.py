@@ -140,13 +140,14 @@ def _servable(splits: Sequence[str], buckets: Sequence[str], configs: Collection
             kept_splits.append(split)
     kept = [b for b in buckets if f"throughput_{b}" in configs]
     lacking = [b for b in buckets if b not in kept]
-    if "throughput" in kept_splits and lacking:
+    bucketed = [s for s in kept_splits if s != "qualitative"]  # throughput, and random beside it
+    if bucketed and lacking:
         have = [c.removeprefix("throughput_") for c in configs if c.startswith("throughput_")]
         dropped.append(f"throughput bucket(s) {', '.join(lacking)}: dataset {dataset} has no "
                        f"{', '.join('throughput_' + b for b in lacking)} config (buckets it has: "
                        f"{', '.join(have) or 'none'}; prepare the others with `speedbench prepare`)")
         if not kept:
-            kept_splits.remove("throughput")
+            kept_splits = [s for s in kept_splits if s not in bucketed]
     return kept_splits, kept
 
 
