@@ -123,7 +123,7 @@ def summarize(reqs: list[Req], wall: float) -> dict:
         c = r.counters or {}
         n = len(r.tokens)
         decode_s = r.times[-1] - r.times[0]
-        steps = c["steps"]
+        steps = c["decode_steps"]
         al = (steps + c["accepted"]) / steps if steps else float("nan")
         als.append(al)
         by_cat[r.category].append(al)

@@ -117,7 +117,8 @@ def test_missing_counters_are_named_not_silently_used(suite, fake_sglang, pytest
     extra = entries(out)[case_id("eagle3", 1)]["extra_info"]
     assert extra["acceptance_length_counters"] is None
     assert extra["al_source"] == "chunks"
-    assert extra["al_source_reason"] == "no engine SD counters; AL from streamed chunks"
+    assert extra["al_source_reason"] == "no_engine_counters"
+    assert "no engine SD counters" in extra["al_source_detail"]
 
 
 # -- signals: Ctrl-C and SIGTERM in the middle of a run ---------------------------------------

@@ -44,8 +44,8 @@ def test_device_resolution() -> None:
 
 def test_counters_from_chunk_sizes() -> None:
     # prefill chunk of 2 (drafts accepted during prefill are not steps), then 3 steps
-    assert counters_from_steps([2, 1, 4, 2], [3, 3, 3, 3]) == {"steps": 3, "accepted": 4, "drafted": 9}
-    assert counters_from_steps([1], None) == {"steps": 0, "accepted": 0}
+    assert counters_from_steps([2, 1, 4, 2], [3, 3, 3, 3]) == {"decode_steps": 3, "accepted": 4, "drafted": 9, "drafted_steps": 3}
+    assert counters_from_steps([1], None) == {"decode_steps": 0, "accepted": 0}
 
 
 def test_engine_contract_and_validation(tmp_path: Path) -> None:
@@ -134,8 +134,8 @@ def test_greedy_output_matches_plain_decoding(engines: Any, prompt_ids: list[int
     assert [t for c in chunks for t in c] == reference
     sizes = [len(c) for c in chunks]
     assert sum(sizes) == MAX_NEW  # ignore_eos: exact length
-    assert counters["steps"] == len(chunks) - 1
-    assert counters["accepted"] == sum(sizes[1:]) - counters["steps"]
+    assert counters["decode_steps"] == len(chunks) - 1
+    assert counters["accepted"] == sum(sizes[1:]) - counters["decode_steps"]
     assert max(sizes) <= (1 if drafter == "none" else 3 + 1)  # a step: drafts + the target's own token
     if drafter != "none":
         # on a repetitive prompt both drafters get some drafts accepted, never more than proposed

@@ -111,7 +111,7 @@ def test_parser_one_token_per_event_and_counters_from_final_timings():
     assert final.finished and final.new_token_ids == []
     c = final.counters
     assert c["accepted"] == 5 and c["drafted"] == 12
-    assert c["steps"] == 9 - 1 - 5  # each step yields 1 + accepted tokens; token 0 is prefill
+    assert c["decode_steps"] == 9 - 1 - 5  # each step yields 1 + accepted tokens; token 0 is prefill
     assert c["engine_decode_tps"] == 200.0
     assert "stream_token_mismatch" not in c
 
@@ -135,7 +135,7 @@ def test_parser_skips_tokenless_events_and_raises_on_errors():
 
 def test_timings_without_drafts_mean_zero_accepted_and_one_step_per_token():
     c = normalize_timings({"predicted_n": 20, "predicted_per_second": 50.0}, spec=True)
-    assert (c["steps"], c["accepted"], c["drafted"]) == (19, 0, 0)
+    assert (c["decode_steps"], c["accepted"], c["drafted"]) == (19, 0, 0)
     assert "drafted" not in normalize_timings({"predicted_n": 20}, spec=False)
     with pytest.raises(RequestError, match="predicted_n"):
         normalize_timings({"prompt_n": 3}, spec=True)
@@ -397,7 +397,7 @@ def test_streams_one_token_per_event_with_consistent_counters(engine_factory, dr
     chunks, c = asyncio.run(_stream(eng, PROMPT, SamplingParams(temperature=0.0, max_new_tokens=n, seed=1)))
     assert all(len(ch) == 1 for ch in chunks)  # why the counters are authoritative
     assert len(chunks) == n and c["predicted_n"] == n
-    assert c["steps"] + c["accepted"] == n - 1
+    assert c["decode_steps"] + c["accepted"] == n - 1
     assert c["engine_decode_tps"] > 0
     if drafter == "none":
         assert c["accepted"] == 0 and "drafted" not in c
@@ -420,7 +420,7 @@ def test_four_concurrent_requests_on_four_slots(engine_factory):
 
     results = asyncio.run(many())
     assert [len(chunks) for chunks, _ in results] == [16] * 4
-    assert all(c["steps"] + c["accepted"] == 15 for _, c in results)
+    assert all(c["decode_steps"] + c["accepted"] == 15 for _, c in results)
 
 
 @pytest.mark.real_engine

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pytest_speedbench.metrics import request as R
 from pytest_speedbench.metrics import run as M
 from pytest_speedbench.metrics import speedup as S
+from pytest_speedbench.metrics import steps as ST
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 
 # --- synthetic runs with known per-step acceptances -------------------------------------
@@ -25,16 +26,22 @@ def synthetic_request(
     ttft: float = 0.1,
     dt: float = 0.02,
     with_counters: bool = False,
+    counters_style: str = "every_step",
+    truncate: int = 0,
     prompt_id: str = "p",
 ) -> RequestRecord:
-    """A request whose verification step s accepted `accepts[s]` draft tokens (so L = a + 1).
+    """A request whose decode step s accepted `accepts[s]` draft tokens (so L = a + 1); -1 marks
+    an undrafted step (L = 1). `truncate` tokens of the last step are cut off (max tokens) while
+    the counters still count its accepted drafts, as vLLM and SGLang do.
 
     framing: "steps" = one event per step; "pairs" = two steps coalesced into one event;
     "tokens" = one event per token (within a step, tokens arrive together).
+    counters_style: "every_step" (decode_steps and drafted_steps: SGLang, hf) or "drafted_only" (vLLM).
     """
     t0 = t_send + ttft
     step_times = [t0 + dt * (s + 1) for s in range(len(accepts))]
-    lengths = [a + 1 for a in accepts]
+    lengths = [max(a, 0) + 1 for a in accepts]
+    lengths[-1] -= truncate
     times, tokens = [t0], [1]
     if framing == "steps":
         times += step_times
@@ -51,12 +58,15 @@ def synthetic_request(
         raise ValueError(framing)
     counters = None
     if with_counters:
+        drafted = [a for a in accepts if a >= 0]
         counters = {
-            "steps": len(accepts),
-            "accepted": sum(accepts),
-            "drafted": gamma * len(accepts),
-            "accepted_per_pos": [sum(1 for a in accepts if a >= p) for p in range(1, gamma + 1)],
+            "drafted_steps": len(drafted),
+            "accepted": sum(drafted),
+            "drafted": gamma * len(drafted),
+            "accepted_per_pos": [sum(1 for a in drafted if a >= p) for p in range(1, gamma + 1)],
         }
+        if counters_style == "every_step":
+            counters["decode_steps"] = len(accepts)
     return RequestRecord(
         prompt_id=prompt_id,
         category=category,
@@ -102,10 +112,21 @@ def test_single_chunk_request_has_no_steps():
     assert R.request_e2e(r) == pytest.approx(0.3)
 
 
-def test_counter_al():
-    assert R.counter_al({"steps": 10, "accepted": 13}) == pytest.approx(2.3)
-    assert R.counter_al({"steps": 0, "accepted": 0}) is None
-    assert R.counter_al(None) is None
+def test_counter_decode_steps_every_step_or_derived():
+    """D from counters: the engine's decode_steps, else E - A (vLLM counts drafted steps only)."""
+    assert ST.counter_decode_steps(23, {"decode_steps": 10, "accepted": 13}) == 10
+    assert ST.counter_decode_steps(23, {"drafted_steps": 4, "accepted": 13}) == 10
+    assert ST.counter_decode_steps(23, None) is None
+    r = RequestRecord("v", "qa", chunk_times=[0.0] * 11, chunk_tokens=[1, 4, 1, 1, 3, 1, 1, 1, 4, 1, 6])
+    r.counters = {"drafted_steps": 4, "accepted": 13}
+    assert M.request_counter_al(r) == pytest.approx(23 / 10)
+
+
+def test_per_draft_al_and_drafted_step_fraction_formulas():
+    assert ST.per_draft_al(13, 4) == pytest.approx(1 + 13 / 4)
+    assert ST.per_draft_al(0, 0) is None
+    assert ST.drafted_step_fraction(4, 10) == pytest.approx(0.4)
+    assert ST.drafted_step_fraction(0, 0) is None
 
 
 # --- run metrics by hand ------------------------------------------------------------------
@@ -241,18 +262,53 @@ def test_conditional_rates_from_counters_by_hand():
     assert M.conditional_rates_from_counters(10, [0, 0], 2) == [0.0, None]
 
 
-# --- chunk vs counter rule ------------------------------------------------------------------
+# --- where decode steps come from: one test per al_source_reason ------------------------------
 
 
-def test_choose_al_source():
-    assert M.choose_al_source(2.00, 2.03)[0] == "chunks"  # within 2%
-    source, reason = M.choose_al_source(1.0, 2.31)
-    assert source == "engine_counters"
-    assert reason == "chunk AL 1.00 vs counter AL 2.31: the server streams one token per event"
-    source, reason = M.choose_al_source(4.4, 2.2)
-    assert source == "engine_counters" and "coalesced steps into one event" in reason
-    assert M.choose_al_source(2.0, None) == ("chunks", "no engine SD counters; AL from streamed chunks")
-    assert M.choose_al_source(None, 2.0)[0] == "engine_counters"
+def test_reason_no_engine_counters():
+    assert ST.reconcile_steps(10, 6, None, gamma=3) == ST.StepCount(6, "chunks", "no_engine_counters")
+
+
+def test_reason_chunks_are_steps():
+    # SGLang-like: every step counted and drafted; chunks agree
+    assert ST.reconcile_steps(10, 6, {"decode_steps": 6, "drafted_steps": 6, "accepted": 4}, gamma=3) == \
+        ST.StepCount(6, "chunks", "chunks_are_steps")
+
+
+def test_reason_counters_cover_drafted_steps_only():
+    # vLLM ngram: 2 drafted steps of 6; D = E - A = 10 - 4 = 6 agrees with the chunks
+    assert ST.reconcile_steps(10, 6, {"drafted_steps": 2, "accepted": 4}, gamma=3) == \
+        ST.StepCount(6, "chunks", "counters_cover_drafted_steps_only")
+
+
+def test_reason_end_of_request_truncation():
+    # the last step accepted 3 but max tokens kept 1 of its 4 tokens: E - A = 5 < 7 chunk steps
+    assert ST.reconcile_steps(10, 7, {"drafted_steps": 3, "accepted": 5}, gamma=3) == \
+        ST.StepCount(7, "chunks", "end_of_request_truncation")
+    # more than gamma short is not truncation: the events are finer than steps
+    assert ST.reconcile_steps(10, 10, {"drafted_steps": 3, "accepted": 5}, gamma=3).reason == "one_token_per_event"
+
+
+def test_reason_coalesced_events():
+    assert ST.reconcile_steps(10, 4, {"drafted_steps": 2, "accepted": 4}, gamma=3) == \
+        ST.StepCount(6, "engine_counters", "coalesced_events")
+    assert ST.reconcile_steps(10, 4, {"decode_steps": 6, "accepted": 4}, gamma=3).reason == "coalesced_events"
+
+
+def test_reason_one_token_per_event():
+    # llama.cpp-like: 10 one-token events, the engine counted 6 decode steps
+    assert ST.reconcile_steps(10, 10, {"decode_steps": 6, "accepted": 4}, gamma=3) == \
+        ST.StepCount(6, "engine_counters", "one_token_per_event")
+    # vLLM-like counters on a stream that never carried > 1 token per event: not truncation
+    counters = {"drafted_steps": 3, "accepted": 3}
+    assert ST.reconcile_steps(10, 10, counters, gamma=3, step_framed=False).reason == "one_token_per_event"
+    assert ST.reconcile_steps(10, 10, counters, gamma=3, step_framed=True).reason == "end_of_request_truncation"
+
+
+def test_run_reason_is_the_most_telling_present():
+    assert ST.run_reason(["chunks_are_steps", "coalesced_events", "end_of_request_truncation"]) == "coalesced_events"
+    assert ST.run_reason([]) is None
+    assert set(ST.REASONS) == set(ST.REASON_TEXT)
 
 
 RUNS = [[2, 3, 0, 1, 3], [1, 1, 0, 2], [3, 3, 3], [0, 2, 1, 1, 0, 3]]
@@ -267,7 +323,7 @@ def test_coalesced_events_counters_win():
     m = M.compute_run_metrics(synthetic_run(RUNS, gamma=3, framing="pairs", with_counters=True), draft_length=3)
     assert m["acceptance_length_chunks"] > 1.5 * truth["acceptance_length"]  # two steps per event
     assert m["al_source"] == "engine_counters"
-    assert "coalesced steps into one event" in m["al_source_reason"]
+    assert m["al_source_reason"] == "coalesced_events"
     assert m["acceptance_length"] == pytest.approx(truth["acceptance_length"])
     assert m["acceptance_length_counters"] == pytest.approx(truth["acceptance_length"])
     assert m["acceptance_length_pooled"] == pytest.approx(truth["acceptance_length_pooled"])
@@ -285,36 +341,96 @@ def test_one_token_per_event_counters_win():
     m = M.compute_run_metrics(synthetic_run(RUNS, gamma=3, framing="tokens", with_counters=True), draft_length=3)
     assert m["acceptance_length_chunks"] == pytest.approx(1.0)
     assert m["al_source"] == "engine_counters"
-    assert m["al_source_reason"].endswith("the server streams one token per event")
-    assert m["al_source_reason"].startswith(f"chunk AL 1.00 vs counter AL {truth['acceptance_length']:.2f}")
+    assert m["al_source_reason"] == "one_token_per_event"
     assert m["acceptance_length"] == pytest.approx(truth["acceptance_length"])
     assert m["step_latency_effective_mean_s"] == pytest.approx(0.02)
 
 
 def test_agreeing_counters_keep_chunks():
     m = M.compute_run_metrics(synthetic_run(RUNS, gamma=3, with_counters=True), draft_length=3)
-    assert m["al_source"] == "chunks"
+    assert m["al_source"] == "chunks" and m["al_source_reason"] == "chunks_are_steps"
     assert m["acceptance_length_counters"] == pytest.approx(m["acceptance_length_chunks"])
     assert m["conditional_acceptance_source"] == "chunks"
+
+
+# vLLM ngram: -1 = no n-gram match (undrafted step); every request ends 2 tokens short of its last step
+VLLM_RUNS = [[-1, 2, -1, -1, 3, 0, -1, 3], [-1, -1, 1, -1, 2], [3, -1, -1, 3], [-1, 0, -1, 2, -1, 3]]
+
+
+def vllm_run(**kw) -> RunRecords:
+    return synthetic_run(VLLM_RUNS, gamma=3, with_counters=True, counters_style="drafted_only", truncate=2, **kw)
+
+
+def test_vllm_like_counters_give_tokens_per_decode_step_and_the_engines_per_draft_al():
+    m = M.compute_run_metrics(vllm_run(), draft_length=3)
+    every = [a for acc in VLLM_RUNS for a in acc]
+    drafted = [a for a in every if a >= 0]
+    emitted = sum(max(a, 0) + 1 for a in every) - 2 * len(VLLM_RUNS)
+    assert m["num_decode_steps"] == len(every) and m["num_drafted_steps"] == len(drafted)
+    assert m["acceptance_length_pooled"] == pytest.approx(emitted / len(every))  # tokens per decode step
+    assert m["acceptance_length_per_draft"] == pytest.approx(1 + sum(drafted) / len(drafted))  # vLLM's own
+    assert m["drafted_step_fraction"] == pytest.approx(len(drafted) / len(every))
+    assert m["al_source"] == "chunks" and m["al_source_reason"] == "end_of_request_truncation"
+    # conditional acceptance over drafted steps (chunks, the AL's source: emitted tokens):
+    # position 1 = steps that emitted >= 2 tokens / drafted steps, not / decode steps
+    emitted_lengths = [L for r in vllm_run().requests for L in r.chunk_tokens[1:]]
+    assert m["conditional_acceptance_rate"][0] == pytest.approx(
+        sum(1 for L in emitted_lengths if L >= 2) / len(drafted))
+    assert m["conditional_acceptance_basis"] == "drafted steps"
+
+
+def test_vllm_like_counters_without_truncation_say_drafted_steps_only():
+    run = synthetic_run(VLLM_RUNS, gamma=3, with_counters=True, counters_style="drafted_only")
+    m = M.compute_run_metrics(run, draft_length=3)
+    assert m["al_source_reason"] == "counters_cover_drafted_steps_only"
+    assert m["acceptance_length_counters"] == pytest.approx(m["acceptance_length_chunks"])
+
+
+def test_overall_al_lies_within_its_categories_whatever_the_source():
+    """The issue's report: an 'overall' AL above every category. Headline and categories now
+    come from the same per-request decode steps, for chunks and for counters alike."""
+    for framing in ("steps", "pairs", "tokens"):
+        run = vllm_run(framing=framing)
+        for i, r in enumerate(run.requests):
+            r.category = ("code", "math")[i % 2]
+        m = M.compute_run_metrics(run, draft_length=3)
+        cats = [v for v in m["acceptance_length_by_category"].values() if v is not None]
+        assert len(cats) == 2
+        assert min(cats) - 1e-12 <= m["acceptance_length"] <= max(cats) + 1e-12, (framing, m)
+        assert m["acceptance_length_by_category_source"] == m["al_source"]
 
 
 def test_run_level_counters():
     truth = true_metrics()
     run = synthetic_run(RUNS, gamma=3, framing="pairs")
     every = [a for acc in RUNS for a in acc]
-    run.engine_counters = {"steps": len(every), "accepted": sum(every)}
+    run.engine_counters = {"drafted_steps": len(every), "accepted": sum(every)}
     m = M.compute_run_metrics(run, draft_length=3)
-    assert m["al_source"] == "engine_counters"
+    assert m["al_source"] == "engine_counters" and m["al_source_reason"] == "coalesced_events"
     assert m["acceptance_length"] == pytest.approx(truth["acceptance_length_pooled"])  # pooled only
     assert m["acceptance_length_ci95"] is None  # no per-request values to resample
+    assert set(m["acceptance_length_by_category"].values()) == {None}  # none that contradicts the headline
+    assert m["acceptance_length_per_draft"] == pytest.approx(1 + sum(every) / len(every))
     # no accepted_per_pos and coalesced events: no histogram or rates rather than chunk ones that
     # contradict the counter AL
     assert m["al_histogram"] == {} and m["al_histogram_source"] is None
     assert m["conditional_acceptance_rate"] == [None] * 3 and m["conditional_acceptance_source"] is None
     assert "no per-step breakdown" in m["al_histogram_source_reason"]
     assert m["step_latency_effective_mean_s"] == pytest.approx(
-        m["step_latency_s"]["mean"] * m["acceptance_length"] / m["acceptance_length_chunks"]
+        m["step_latency_s"]["mean"] * m["num_steps"] / m["num_decode_steps"]
     )
+
+
+def test_run_level_counters_that_agree_keep_per_request_chunks():
+    run = vllm_run()
+    for r in run.requests:
+        r.counters = None
+    drafted = [a for acc in VLLM_RUNS for a in acc if a >= 0]
+    run.engine_counters = {"drafted_steps": len(drafted), "accepted": sum(drafted)}
+    m = M.compute_run_metrics(run, draft_length=3)
+    assert m["al_source"] == "chunks" and m["al_source_reason"] == "end_of_request_truncation"
+    assert m["acceptance_length"] == pytest.approx(m["acceptance_length_chunks"])
+    assert m["acceptance_length_ci95"] is not None
 
 
 def _hist_mean(hist: dict[str, int]) -> float:

@@ -112,7 +112,7 @@ def test_launch_counters_and_teardown_across_versions(tmp_path, monkeypatch, ver
     assert sorted(tuple(r.chunk_tokens[1:]) for r in run.measured) == truth
     for r in run.measured:  # final meta_info counters (0.5.9 and 0.5.23 spellings) reach the record
         steps = len(r.chunk_tokens) - 1
-        assert r.counters["steps"] == steps and r.counters["accepted"] == sum(r.chunk_tokens[1:]) - steps
+        assert r.counters["decode_steps"] == steps and r.counters["accepted"] == sum(r.chunk_tokens[1:]) - steps
         assert r.counters["drafted"] == 3 * steps
     log_text = Path(info["log"]).read_text()
     worker = int(log_text.split("worker pid ")[1].split()[0])

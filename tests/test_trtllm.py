@@ -70,9 +70,10 @@ def test_user_options_merge_and_missing_draft_model():
 def test_counters_from_avg_formula():
     # prefill token (avg 1/1), then steps of 3, 1, 4 tokens: 9 tokens over 4 iterations
     assert counters_from_avg(1, 1.0, 9, 9 / 4, 3) == {
-        "steps": 3, "accepted": 5, "drafted": 9, "engine_avg_decoded_tokens_per_iter": 2.25}
+        "decode_steps": 3, "accepted": 5, "drafted": 9, "engine_avg_decoded_tokens_per_iter": 2.25,
+        "drafted_steps": 3}
     # a server that does not count the context iteration: avg 0 on chunk 0 -> 0 iterations
-    assert counters_from_avg(1, None, 9, 8 / 3)["steps"] == 2  # missing a_0 assumes 1 context iteration
+    assert counters_from_avg(1, None, 9, 8 / 3)["decode_steps"] == 2  # missing a_0 assumes 1 context iteration
     assert counters_from_avg(1, 1.0, 1, 1.0) is None  # nothing after prefill
     assert counters_from_avg(1, 1.0, 9, None) is None
 
@@ -86,7 +87,7 @@ def test_parser_coalesced_chunks_still_give_exact_counters():
         out.append(p.parse(f'{{"choices":[{{"index":0,"text":"","token_ids":{ids},"finish_reason":{finish},'
                            f'"avg_decoded_tokens_per_iter":{avg}}}]}}'.encode()))
     assert [e.new_token_ids for e in out] == [[7], [1, 2, 3], [4, 5, 6, 8, 9]]
-    assert out[-1].finished and out[-1].counters["steps"] == 3 and out[-1].counters["accepted"] == 5
+    assert out[-1].finished and out[-1].counters["decode_steps"] == 3 and out[-1].counters["accepted"] == 5
     with pytest.raises(RequestError, match="detokenize"):
         TRTLLMParser(True, 3).parse(b'{"choices":[{"index":0,"text":"hi","finish_reason":null}]}')
 
@@ -130,8 +131,8 @@ def test_launch_503_readiness_per_request_counters_and_teardown(tmp_path, monkey
     for r in run.measured:
         assert r.ok and r.num_tokens == 20
         c = r.counters
-        assert c["steps"] == len(r.chunk_tokens) - 1 and c["accepted"] == sum(r.chunk_tokens[1:]) - c["steps"]
-        assert c["drafted"] == 3 * c["steps"]
+        assert c["decode_steps"] == len(r.chunk_tokens) - 1 and c["accepted"] == sum(r.chunk_tokens[1:]) - c["decode_steps"]
+        assert c["drafted"] == 3 * c["decode_steps"]
         got.add(tuple(r.chunk_tokens[1:]))
     assert got == truth
     log_text = Path(info["log"]).read_text()

@@ -72,11 +72,13 @@ def resolve_device(spec: str, cuda_available: bool, cuda_count: int) -> str:
 
 def counters_from_steps(chunk_sizes: Sequence[int], drafted_per_step: Sequence[int] | None) -> Counters:
     """Normalized counters of one request: chunk 0 is the prefill step, every later chunk one
-    verification step whose first token is the target's own and the rest accepted drafts."""
+    decode step whose first token is the target's own and the rest accepted drafts, so
+    decode_steps D = chunks - 1 (in-process, exact) and drafted_steps S = steps with a proposal."""
     steps = max(0, len(chunk_sizes) - 1)
-    counters: Counters = {"steps": steps, "accepted": sum(chunk_sizes[1:]) - steps}
+    counters: Counters = {"decode_steps": steps, "accepted": sum(chunk_sizes[1:]) - steps}
     if drafted_per_step is not None:
         counters["drafted"] = sum(drafted_per_step[1 : len(chunk_sizes)])
+        counters["drafted_steps"] = sum(1 for d in drafted_per_step[1 : len(chunk_sizes)] if d > 0)
     return counters
 
 

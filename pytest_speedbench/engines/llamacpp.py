@@ -13,7 +13,8 @@ construction and the per-request counters in the final event's `timings` are aut
                           decode rate, the reference for the harness-overhead ratio
 
 Normalized counters: every decode step after prefill yields 1 + (accepted drafts) tokens, so
-steps = predicted_n - 1 - draft_n_accepted. The server never drafts past n_predict
+decode_steps = predicted_n - 1 - draft_n_accepted (D, every step). llama-server reports draft
+tokens, not drafted steps, so drafted_steps (S) is left out and the per-draft AL is unknown. The server never drafts past n_predict
 (n_draft_max = n_remaining - 1), so with ignore_eos the identity is exact; checked on real runs
 (tests/test_llamacpp.py).
 """
@@ -169,7 +170,7 @@ def normalize_timings(timings: dict[str, Any], *, spec: bool) -> Counters:
     drafted = int(timings.get("draft_n") or 0)
     accepted = int(timings.get("draft_n_accepted") or 0)
     counters: Counters = {
-        "steps": max(0, predicted_n - 1 - accepted),
+        "decode_steps": max(0, predicted_n - 1 - accepted),
         "accepted": accepted,
         "predicted_n": predicted_n,
         "engine_decode_tps": float(timings.get("predicted_per_second") or 0.0),

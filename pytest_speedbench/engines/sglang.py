@@ -79,10 +79,10 @@ def histogram_to_per_pos(histogram: Sequence[int]) -> list[int]:
 
 
 def normalize_meta_counters(meta: dict[str, Any]) -> Counters | None:
-    """meta_info -> {steps, accepted, drafted, accepted_per_pos}; None without SD counters.
+    """meta_info -> {decode_steps, drafted_steps, accepted, drafted, accepted_per_pos}; None without SD counters.
 
     SGLang's own `spec_accept_length` counts the prefill token (completion_tokens / verify_ct),
-    so it is recorded but never used: AL = 1 + accepted / steps.
+    so it is recorded but never used: per-draft AL = 1 + accepted / drafted steps.
     """
     steps = meta.get("spec_verify_ct")
     if not steps:
@@ -94,7 +94,9 @@ def normalize_meta_counters(meta: dict[str, Any]) -> Counters | None:
         accepted = int(meta["completion_tokens"]) - 1 - int(steps)
     if accepted is None:
         return None
-    counters: Counters = {"steps": int(steps), "accepted": int(accepted)}
+    # spec_verify_ct counts every decode step (NGRAM verifies also when nothing matched), and
+    # SGLang's own acceptance length treats each as drafted: D = S = spec_verify_ct.
+    counters: Counters = {"decode_steps": int(steps), "drafted_steps": int(steps), "accepted": int(accepted)}
     drafted = _first(meta, DRAFTED_KEYS)
     if drafted is not None:
         counters["drafted"] = int(drafted)
@@ -237,7 +239,7 @@ class SGLangParser:
         if counters and counters.get("drafted") is not None and counters["accepted"] > counters["drafted"]:
             raise RequestError(
                 f"SGLang counters inconsistent: {counters['accepted']} accepted drafts > "
-                f"{counters['drafted']} proposed over {counters['steps']} steps"
+                f"{counters['drafted']} proposed over {counters['decode_steps']} steps"
             )
 
     def _new_ids(self, ids: list[int], completion_tokens: int | None) -> list[int]:

@@ -33,6 +33,7 @@ the last one (N tokens, average a_N):
     steps    = iterations_N - iterations_0        (verification steps after prefill)
     accepted = (N - L_0) - steps                  (each step yields one non-draft token)
     drafted  = steps * K                          (not for NGram, which may propose fewer)
+    decode_steps = steps (D, every iteration); drafted_steps = steps when K is known (S = D)
 
 so counter AL = (steps + accepted) / steps = (N - L_0) / steps, independent of how the
 server grouped tokens into chunks.
@@ -133,9 +134,10 @@ def counters_from_avg(
     accepted = (total_tokens - first_tokens) - steps
     if accepted < 0:
         return None
-    counters: Counters = {"steps": steps, "accepted": accepted, "engine_avg_decoded_tokens_per_iter": final_avg}
+    counters: Counters = {"decode_steps": steps, "accepted": accepted, "engine_avg_decoded_tokens_per_iter": final_avg}
     if draft_length:
         counters["drafted"] = steps * draft_length
+        counters["drafted_steps"] = steps  # every iteration verifies K drafts
     return counters
 
 

@@ -1,15 +1,15 @@
 """Run metrics from request records: pure functions, no I/O, no HTTP (DESIGN.md "Metric definitions").
 
-Per-request formulas live in request.py, speedups in speedup.py, the list of metrics in catalogue.py.
+Per-request formulas live in request.py, decode-step reconciliation in steps.py, speedups in
+speedup.py, the list of metrics in catalogue.py.
 
 For one request turn: send time t_s; chunks j = 0..n-1 arriving at t_j carrying L_j tokens;
-N = sum L_j. Chunk 0 is prefill's output, so verification steps are chunks 1..n-1.
-
-Streamed chunks are only a proxy for verification steps: a server may coalesce several steps
-into one event or stream one token per event. Engine SD counters (normalized to
-{steps, accepted, drafted?, accepted_per_pos?}, see records.py) measure steps directly, so
-when both exist and disagree by more than 2% the counters are authoritative and the result
-says which source was used and why.
+N = sum L_j. Chunk 0 is prefill's output. AL means tokens per decode step for every engine:
+request AL = (N - L_0) / D, D = decode steps (drafted or not), taken from the chunks when the
+stream is step-framed and from the engine counters otherwise (metrics/steps.py says how, and
+names the cause). The headline AL, its CI, the per-category ALs and the pooled AL all use the
+same per-request D, so the overall AL lies inside its categories' range.
+acceptance_length_per_draft = 1 + A / S is the engines' own figure (drafted steps only).
 """
 
 from __future__ import annotations
@@ -21,25 +21,39 @@ from typing import Any
 
 import numpy as np
 
-from pytest_speedbench.metrics import catalogue, stats
+from pytest_speedbench.metrics import catalogue, stats, steps
 from pytest_speedbench.metrics.request import (
-    counter_al,
-    counter_steps,
     request_al,
-    request_counter_step_latency,
+    request_decode_time,
     request_e2e,
     request_step_latency,
+    request_step_tokens,
     request_steps,
     request_tpot,
     request_ttft,
     request_user_tps,
 )
+from pytest_speedbench.metrics.steps import SOURCE_CHUNKS, SOURCE_COUNTERS, StepCount
 from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
 
-AGREEMENT_TOLERANCE = 0.02  # relative chunk-vs-counter AL difference tolerated
-SOURCE_CHUNKS = "chunks"
-SOURCE_COUNTERS = "engine_counters"
+SOURCE_MIXED = "chunks+engine_counters"  # per request, some from each
 SOURCE_BURSTS = "engine_counters+bursts"  # counter step count, step lengths from event bursts
+
+
+# --- per-request decode steps -------------------------------------------------------------
+
+
+def request_decode_steps(r: RequestRecord, gamma: int | None, step_framed: bool = True) -> StepCount:
+    """The request's decode steps D, source and reason (steps.reconcile_steps on its counters)."""
+    return steps.reconcile_steps(request_step_tokens(r), request_steps(r), r.counters, gamma=gamma,
+                                 step_framed=step_framed)
+
+
+def request_counter_al(r: RequestRecord) -> float | None:
+    """Counter AL = (N - L_0) / D_counters (D_counters = decode_steps, or N - L_0 - accepted)."""
+    tokens = request_step_tokens(r)
+    d = steps.counter_decode_steps(tokens, r.counters)
+    return tokens / d if d else None
 
 
 # --- aggregate helpers ----------------------------------------------------------------------
@@ -61,18 +75,22 @@ def al_histogram(lengths: Sequence[int]) -> dict[str, int]:
     return {str(k): counts[k] for k in sorted(counts)}
 
 
-def conditional_rates_from_lengths(lengths: Sequence[int], gamma: int) -> list[float | None]:
-    """Rate at draft position i = 1..gamma: steps with L >= i+1 / steps with L >= i."""
+def conditional_rates_from_lengths(
+    lengths: Sequence[int], gamma: int, drafted_steps: int | None = None
+) -> list[float | None]:
+    """Rate at draft position i = 1..gamma over drafted steps: steps with L >= i+1 / steps with
+    L >= i, where the position-1 denominator is the drafted steps S when known (undrafted steps
+    also emit L = 1), else every step (each step assumed drafted)."""
     arr = np.asarray(lengths, dtype=int)
     rates: list[float | None] = []
     for i in range(1, gamma + 1):
-        reached = int((arr >= i).sum())
+        reached = int((arr >= i).sum()) if i > 1 or drafted_steps is None else drafted_steps
         rates.append(int((arr >= i + 1).sum()) / reached if reached else None)
     return rates
 
 
 def conditional_rates_from_counters(steps: int, accepted_per_pos: Sequence[float], gamma: int) -> list[float | None]:
-    """Position 1: acc[0] / steps; position i: acc[i-1] / acc[i-2]; None where unknown."""
+    """Over drafted steps S (= `steps`): position 1: acc[0] / S; position i: acc[i-1] / acc[i-2]; None where unknown."""
     rates: list[float | None] = []
     for i in range(1, gamma + 1):
         if i > len(accepted_per_pos):
@@ -83,14 +101,16 @@ def conditional_rates_from_counters(steps: int, accepted_per_pos: Sequence[float
     return rates
 
 
-def histogram_from_per_pos(steps: int, accepted_per_pos: Sequence[float]) -> dict[str, int]:
-    """Exact step histogram from counters: with c_i = steps accepting >= i drafts (c_0 = steps),
-    steps emitting k tokens = c_{k-1} - c_k (k = 1..gamma) and c_gamma (k = gamma + 1).
+def histogram_from_per_pos(steps: int, accepted_per_pos: Sequence[float], undrafted: int = 0) -> dict[str, int]:
+    """Exact decode-step histogram from counters: with c_i = drafted steps accepting >= i drafts
+    (c_0 = drafted steps), steps emitting k tokens = c_{k-1} - c_k (k = 1..gamma) and c_gamma
+    (k = gamma + 1); the `undrafted` decode steps (D - S) emit 1 token each and join k = 1.
 
-    Its mean is (steps + sum c_i) / steps = counter AL, so plots built on it agree with the table.
+    Its mean is (D + sum c_i) / D = counter AL, so plots built on it agree with the table.
     """
     reached = [float(steps), *(float(c) for c in accepted_per_pos)]
     counts = {k: reached[k - 1] - (reached[k] if k < len(reached) else 0.0) for k in range(1, len(reached) + 1)}
+    counts[1] = counts.get(1, 0.0) + max(undrafted, 0)
     return {str(k): int(round(v)) for k, v in counts.items() if round(v) > 0}
 
 
@@ -124,29 +144,102 @@ def burst_step_lengths(r: RequestRecord, steps: int) -> tuple[list[int], float] 
     return lengths, separation
 
 
-def authoritative_step_histogram(
-    requests: Sequence[RequestRecord], view: "CounterView", use_counters: bool, lengths: Sequence[int]
-) -> tuple[dict[str, int], list[int] | None, str | None, str]:
-    """The step histogram from the same source as the AL: (histogram, step lengths or None,
-    source, reason). Chunks when chunks are authoritative; else counters' per-position counts
-    (exact); else one-token-per-event bursts cut to the counter step count; else none, rather
-    than a chunk histogram that contradicts the counter AL the table shows.
+@dataclass(frozen=True, slots=True)
+class StepView:
+    """Decode steps of the measured requests, all from one reconciliation (metrics/steps.py).
+
+    Per request (`per_request`, D > 0 only) when any request has counters or none has; from
+    run-level counters (vLLM's Prometheus deltas) otherwise, when `run_level` holds the pooled
+    StepCount and per-request D is known only when the chunks won.
     """
-    if not use_counters:
+
+    per_request: list[tuple[RequestRecord, StepCount]]
+    run_level: StepCount | None
+    tokens: int  # E summed
+    decode_steps: int  # D summed
+    accepted: int | None  # A summed (engine's own count, before end-of-request truncation)
+    drafted_steps: int | None  # S summed; None when the engine does not say
+    accepted_per_pos: list[float] | None
+
+    @property
+    def counts(self) -> list[StepCount]:
+        return [self.run_level] if self.run_level is not None else [c for _, c in self.per_request]
+
+    @property
+    def source(self) -> str | None:
+        sources = {c.source for c in self.counts}
+        if not sources:
+            return None
+        return sources.pop() if len(sources) == 1 else SOURCE_MIXED
+
+    @property
+    def reasons(self) -> dict[str, int]:
+        return dict(Counter(c.reason for c in self.counts))
+
+    @property
+    def request_als(self) -> list[tuple[RequestRecord, float]]:
+        """(request, E / D) per request; empty when only run-level counters decided against chunks."""
+        if self.run_level is not None and self.run_level.source != SOURCE_CHUNKS:
+            return []
+        return [(r, request_step_tokens(r) / c.decode_steps) for r, c in self.per_request if c.decode_steps > 0]
+
+
+def _has_counts(c: Counters | None) -> bool:
+    return bool(c) and (c.get("decode_steps") is not None or c.get("accepted") is not None)
+
+
+def _sum_key(counters: Sequence[Counters], key: str) -> int | None:
+    values = [c.get(key) for c in counters]
+    return None if not values or any(v is None for v in values) else int(sum(values))
+
+
+def build_step_view(requests: Sequence[RequestRecord], run_counters: Counters | None, gamma: int | None) -> StepView:
+    """Reconcile every request's decode steps (or the run's, with run-level counters only)."""
+    framed = any(k > 1 for r in requests for k in r.chunk_tokens[1:])
+    tokens = sum(request_step_tokens(r) for r in requests)
+    if any(_has_counts(r.counters) for r in requests) or not _has_counts(run_counters):
+        per = [(r, request_decode_steps(r, gamma, framed)) for r in requests]
+        per = [(r, c) for r, c in per if c.decode_steps > 0]
+        counted = [r.counters for r in requests if _has_counts(r.counters)]
+        accepted = _sum_key(counted, "accepted") if counted else None
+        drafted = _sum_key(counted, "drafted_steps") if counted else None
+        per_pos = _sum_positions([c.get("accepted_per_pos") for c in counted]) if counted else None
+        return StepView(per, None, tokens, sum(c.decode_steps for _, c in per), accepted, drafted, per_pos)
+    assert run_counters is not None
+    chunk_steps = sum(request_steps(r) for r in requests)
+    window = gamma * len(requests) if gamma is not None else None
+    run_count = steps.reconcile_steps(tokens, chunk_steps, run_counters, gamma=window, step_framed=framed)
+    per = [(r, StepCount(request_steps(r), SOURCE_CHUNKS, run_count.reason)) for r in requests if request_steps(r)]
+    drafted = run_counters.get("drafted_steps")
+    per_pos = run_counters.get("accepted_per_pos")
+    return StepView(per, run_count, tokens, run_count.decode_steps, run_counters.get("accepted"),
+                    int(drafted) if drafted is not None else None, list(per_pos) if per_pos else None)
+
+
+def authoritative_step_histogram(
+    requests: Sequence[RequestRecord], view: StepView, lengths: Sequence[int]
+) -> tuple[dict[str, int], list[int] | None, str | None, str]:
+    """The decode-step histogram from the same source as the AL: (histogram, step lengths or
+    None, source, reason). Chunks when every D came from chunks; else counters' per-position
+    counts (exact, undrafted steps added at k = 1); else one-token-per-event bursts cut to the
+    counter step count; else none, rather than a chunk histogram that contradicts the AL.
+    """
+    if view.source in (SOURCE_CHUNKS, None):
         return al_histogram(lengths), list(lengths), SOURCE_CHUNKS, "step lengths from streamed chunks"
-    if view.accepted_per_pos is not None and view.steps > 0:
-        return (histogram_from_per_pos(view.steps, view.accepted_per_pos), None, SOURCE_COUNTERS,
-                "engine per-position accepted counts")
-    if view.has_per_request and all(all(k == 1 for k in r.chunk_tokens[1:]) for r, _ in view.per_request):
-        split = [burst_step_lengths(r, counter_steps(r.counters)) for r, _ in view.per_request]
-        if all(s is not None for s in split):
+    drafted = view.drafted_steps if view.drafted_steps is not None else view.decode_steps
+    if view.accepted_per_pos is not None and drafted > 0:
+        return (histogram_from_per_pos(drafted, view.accepted_per_pos, view.decode_steps - drafted), None,
+                SOURCE_COUNTERS, "engine per-position accepted counts")
+    if view.run_level is None and all(all(k == 1 for k in r.chunk_tokens[1:]) for r, _ in view.per_request):
+        split = [burst_step_lengths(r, c.decode_steps) for r, c in view.per_request]
+        if split and all(s is not None for s in split):
             burst_lengths = [k for s in split for k in s[0]]  # type: ignore[index]
             separation = min(s[1] for s in split)  # type: ignore[index]
             clear = "unambiguous" if separation > 1 else "ambiguous in places"
             return (al_histogram(burst_lengths), burst_lengths, SOURCE_BURSTS,
                     f"one token per event: tokens grouped into the engine's step count at the largest arrival "
                     f"gaps (bursts {clear}, separation {separation:.3g})")
-    return {}, None, None, "engine counters are authoritative but give no per-step breakdown"
+    return {}, None, None, "decode steps from engine counters, which give no per-step breakdown"
 
 
 def output_tps(requests: Sequence[RequestRecord]) -> float | None:
@@ -155,55 +248,6 @@ def output_tps(requests: Sequence[RequestRecord]) -> float | None:
         return None
     window = max(r.chunk_times[-1] for r in requests) - min(r.t_send for r in requests)
     return sum(r.num_tokens for r in requests) / window if window > 0 else None
-
-
-def choose_al_source(chunk_al: float | None, counter_al: float | None) -> tuple[str | None, str]:
-    """Which AL is authoritative, and why (the chunk-vs-counter rule)."""
-    if counter_al is None:
-        if chunk_al is None:
-            return None, "no request had a verification step and the engine reported no SD counters"
-        return SOURCE_CHUNKS, "no engine SD counters; AL from streamed chunks"
-    if chunk_al is None:
-        return SOURCE_COUNTERS, "no request streamed a verification step; AL from engine counters"
-    pair = f"chunk AL {chunk_al:.2f} vs counter AL {counter_al:.2f}"
-    if abs(chunk_al - counter_al) <= AGREEMENT_TOLERANCE * counter_al:
-        return SOURCE_CHUNKS, f"{pair}: agree within {AGREEMENT_TOLERANCE:.0%}"
-    if chunk_al <= 1.0 + AGREEMENT_TOLERANCE and counter_al > chunk_al:
-        why = "the server streams one token per event"
-    elif chunk_al > counter_al:
-        why = "the server coalesced steps into one event"
-    else:
-        why = "the server split steps over several events"
-    return SOURCE_COUNTERS, f"{pair}: {why}"
-
-
-@dataclass(frozen=True, slots=True)
-class CounterView:
-    """Engine counters over the measured requests: per request when the engine gives them."""
-
-    per_request: list[tuple[RequestRecord, float]]  # (request, counter AL), steps > 0 only
-    al: float | None  # mean of per-request counter ALs, else run-level pooled
-    pooled: float | None
-    steps: int
-    accepted_per_pos: list[float] | None
-
-    @property
-    def has_per_request(self) -> bool:
-        return bool(self.per_request)
-
-
-def counter_view(requests: Sequence[RequestRecord], run_counters: Counters | None) -> CounterView:
-    """Collect per-request counters, falling back to run-level ones."""
-    with_counters = [r for r in requests if counter_steps(r.counters) > 0]
-    if with_counters:
-        per_request = [(r, counter_al(r.counters)) for r in with_counters]
-        steps = sum(counter_steps(r.counters) for r in with_counters)
-        accepted = sum(float(r.counters.get("accepted") or 0) for r in with_counters)
-        per_pos = _sum_positions([r.counters.get("accepted_per_pos") for r in with_counters])
-        return CounterView(per_request, _mean(al for _, al in per_request), (steps + accepted) / steps, steps, per_pos)
-    al = counter_al(run_counters)
-    per_pos = run_counters.get("accepted_per_pos") if run_counters and al is not None else None
-    return CounterView([], al, al, counter_steps(run_counters), list(per_pos) if per_pos else None)
 
 
 def _sum_positions(lists: Sequence[Sequence[float] | None]) -> list[float] | None:
@@ -220,73 +264,81 @@ def _sum_positions(lists: Sequence[Sequence[float] | None]) -> list[float] | Non
 # --- run metrics ----------------------------------------------------------------------------
 
 
+def _gamma(draft_length: int | None, view: StepView, hist_lengths: list[int] | None) -> int:
+    if draft_length is not None:
+        return draft_length
+    if view.accepted_per_pos is not None:
+        return len(view.accepted_per_pos)
+    return max(max(hist_lengths) - 1, 0) if hist_lengths else 0
+
+
+def _rates(view: StepView, hist_lengths: list[int] | None, hist_source: str | None, gamma: int
+           ) -> tuple[list[float | None], str | None]:
+    """Conditional acceptance over drafted steps, from the AL's own source."""
+    drafted = view.drafted_steps
+    if view.source not in (SOURCE_CHUNKS, None) and view.accepted_per_pos is not None:
+        den = drafted if drafted is not None else view.decode_steps
+        return conditional_rates_from_counters(den, view.accepted_per_pos, gamma), SOURCE_COUNTERS
+    if hist_lengths is not None:
+        return conditional_rates_from_lengths(hist_lengths, gamma, drafted), hist_source
+    return [None] * gamma, None
+
+
 def compute_run_metrics(
     run: RunRecords, *, draft_length: int | None = None, seed: int = 0, n_boot: int = 1000
 ) -> dict[str, Any]:
     """DESIGN.md's `extra_info` metrics (speedups and gate excluded) for one run.
 
     Warmup requests are ignored; requests with an error (or without any token) are excluded
-    and counted. `draft_length` fixes gamma for the conditional acceptance rates; without it
-    gamma is the longest observed draft (max L - 1, or the counters' position count).
+    and counted. `draft_length` fixes gamma for the conditional acceptance rates and bounds the
+    end-of-request truncation; without it gamma is the longest observed draft.
     """
     measured = run.measured
     ok = [r for r in measured if r.ok]
-    chunk_als = [a for a in (request_al(r) for r in ok) if a is not None]
     lengths = step_lengths(ok)
-    chunk_al = _mean(chunk_als)
-    view = counter_view(ok, run.engine_counters)
-    source, reason = choose_al_source(chunk_al, view.al)
-    use_counters = source == SOURCE_COUNTERS
-
-    if use_counters:
-        al, pooled = view.al, view.pooled
-        per_request_als = [a for _, a in view.per_request] if view.has_per_request else []
-    else:
-        al, per_request_als = chunk_al, chunk_als
-        pooled = sum(lengths) / len(lengths) if lengths else None
-
-    histogram, hist_lengths, hist_source, hist_reason = authoritative_step_histogram(ok, view, use_counters, lengths)
-    rates_from_counters = use_counters and view.accepted_per_pos is not None
-    if draft_length is not None:
-        gamma = draft_length
-    elif rates_from_counters:
-        gamma = len(view.accepted_per_pos)
-    else:
-        gamma = max(max(hist_lengths) - 1, 0) if hist_lengths else 0
-    if rates_from_counters:
-        rates = conditional_rates_from_counters(view.steps, view.accepted_per_pos, gamma)
-        rates_source = SOURCE_COUNTERS
-    elif hist_lengths is not None:
-        rates = conditional_rates_from_lengths(hist_lengths, gamma)
-        rates_source = hist_source
-    else:
-        rates, rates_source = [None] * gamma, None
-
+    chunk_als = [a for a in (request_al(r) for r in ok) if a is not None]
+    view = build_step_view(ok, run.engine_counters, draft_length)
+    request_als = view.request_als
+    als = [a for _, a in request_als]
+    pooled = view.tokens / view.decode_steps if view.decode_steps > 0 else None
+    al = _mean(als) if als else pooled
+    reason = steps.run_reason(list(view.reasons))
+    histogram, hist_lengths, hist_source, hist_reason = authoritative_step_histogram(ok, view, lengths)
+    gamma = _gamma(draft_length, view, hist_lengths)
+    rates, rates_source = _rates(view, hist_lengths, hist_source, gamma)
+    counter_als = [a for a in (request_counter_al(r) for r in ok) if a is not None]
     all_chunks = [k for r in ok for k in r.chunk_tokens]
-    by_category, category_source = _al_by_category(ok, view if use_counters and view.has_per_request else None)
     return {
         "acceptance_length": al,
-        "acceptance_length_ci95": stats.bootstrap_ci(per_request_als, n_boot=n_boot, seed=seed)
-        if per_request_als
-        else None,
+        "acceptance_length_ci95": stats.bootstrap_ci(als, n_boot=n_boot, seed=seed) if als else None,
         "acceptance_length_pooled": pooled,
+        "acceptance_length_per_draft": steps.per_draft_al(view.accepted or 0, view.drafted_steps or 0),
+        "drafted_step_fraction": steps.drafted_step_fraction(view.drafted_steps, view.decode_steps)
+        if view.drafted_steps is not None else None,
         "acceptance_length_all_chunks": float(np.mean(all_chunks)) if all_chunks else None,
-        "acceptance_length_by_category": by_category,
-        "acceptance_length_by_category_source": category_source,
-        "acceptance_length_chunks": chunk_al,
-        "acceptance_length_counters": view.al,
-        "al_source": source,
+        "acceptance_length_by_category": _al_by_category(ok, request_als),
+        "acceptance_length_by_category_source": view.source,
+        "acceptance_length_chunks": _mean(chunk_als),
+        "acceptance_length_counters": _mean(counter_als) if counter_als else _run_counter_al(view),
+        "al_source": view.source,
         "al_source_reason": reason,
+        "al_source_reasons": view.reasons,
+        "al_source_detail": steps.REASON_TEXT.get(reason or "", "no request had a decode step"),
+        "num_decode_steps": view.decode_steps,
+        "num_drafted_steps": view.drafted_steps,
+        "num_accepted_drafts": view.accepted,
         "al_histogram": histogram,
         "al_histogram_source": hist_source,
         "al_histogram_source_reason": hist_reason,
         "al_histogram_chunks": al_histogram(lengths),
         "conditional_acceptance_rate": rates,
         "conditional_acceptance_source": rates_source,
+        "conditional_acceptance_basis": "drafted steps" if view.drafted_steps is not None
+        else "decode steps (every step assumed drafted)",
         "draft_length": gamma,
         "ttft_s": stats.summarize([request_ttft(r) for r in ok]),
         "step_latency_s": stats.summarize([request_step_latency(r) for r in ok]),
-        "step_latency_effective_mean_s": _effective_step_latency(ok, source, view, chunk_al),
+        "step_latency_effective_mean_s": _effective_step_latency(view),
         "tpot_s": stats.summarize([request_tpot(r) for r in ok]),
         "e2e_s": stats.summarize([request_e2e(r) for r in ok]),
         "user_tps": stats.summarize([request_user_tps(r) for r in ok]),
@@ -302,37 +354,43 @@ def compute_run_metrics(
     }
 
 
-def _al_by_category(
-    requests: Sequence[RequestRecord], view: CounterView | None
-) -> tuple[dict[str, float | None], str]:
-    """Mean request AL per category, from per-request counters when those are authoritative."""
-    if view is not None:
-        pairs: Iterable[tuple[RequestRecord, float | None]] = view.per_request
-        source = SOURCE_COUNTERS
-    else:
-        pairs = ((r, request_al(r)) for r in requests)
-        source = SOURCE_CHUNKS
-    groups: dict[str, list[float | None]] = {r.category: [] for r in requests}
-    for r, al in pairs:
-        groups[r.category].append(al)
-    return {cat: _mean(groups[cat]) for cat in sorted(groups)}, source
-
-
-def _effective_step_latency(
-    requests: Sequence[RequestRecord], source: str | None, view: CounterView, chunk_al: float | None
-) -> float | None:
-    """Mean step latency consistent with the authoritative AL.
-
-    With chunks it is the chunk step latency. With counters a "step" in the stream is not a
-    verification step: per-request counters give (t_{n-1} - t_0) / steps directly; run-level
-    counters rescale the chunk step latency by counter AL / chunk AL (same tokens, fewer or
-    more steps). Keeps AL / step latency = tokens per second whatever the event framing.
-    """
-    chunk_mean = _mean(request_step_latency(r) for r in requests)
-    if source != SOURCE_COUNTERS:
-        return chunk_mean
-    if view.has_per_request:
-        return _mean(request_counter_step_latency(r) for r, _ in view.per_request)
-    if chunk_mean is None or not chunk_al or view.al is None:
+def _run_counter_al(view: StepView) -> float | None:
+    """Run-level counter AL = E / D_counters (only with run-level counters)."""
+    if view.run_level is None:
         return None
-    return chunk_mean * view.al / chunk_al
+    d = steps.counter_decode_steps(view.tokens, {"accepted": view.accepted} if view.accepted is not None else None)
+    return view.tokens / d if d else None
+
+
+def _al_by_category(
+    requests: Sequence[RequestRecord], request_als: Sequence[tuple[RequestRecord, float]]
+) -> dict[str, float | None]:
+    """Mean request AL per category, from the same per-request ALs as the headline (None when
+    only run-level counters decided, so no category shows a figure the headline contradicts)."""
+    groups: dict[str, list[float | None]] = {r.category: [] for r in requests}
+    for r, al in request_als:
+        groups[r.category].append(al)
+    return {cat: _mean(groups[cat]) for cat in sorted(groups)}
+
+
+def _effective_step_latency(view: StepView) -> float | None:
+    """Mean per-request (t_{n-1} - t_0) / D, D the reconciled decode steps: consistent with
+    the headline AL whatever the event framing (AL / step latency = tokens per second)."""
+    rows = _latency_rows(view)
+    return _mean(s for _, s in rows)
+
+
+def _latency_rows(view: StepView) -> list[tuple[float, float]]:
+    """Paired per-request (AL, step latency) with the reconciled D; with run-level counters
+    that overruled the chunks, chunk figures rescaled by chunk steps / D (same tokens)."""
+    rows: list[tuple[float, float]] = []
+    scale = 1.0
+    if view.run_level is not None and view.run_level.source != SOURCE_CHUNKS and view.decode_steps:
+        scale = sum(request_steps(r) for r, _ in view.per_request) / view.decode_steps
+    for r, c in view.per_request:
+        decode = request_decode_time(r)
+        if decode is None or c.decode_steps <= 0:
+            continue
+        d = c.decode_steps / scale if scale != 1.0 else c.decode_steps
+        rows.append((request_step_tokens(r) / d, decode / d))
+    return rows

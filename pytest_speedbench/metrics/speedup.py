@@ -13,9 +13,8 @@ import numpy as np
 
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.metrics import stats
-from pytest_speedbench.metrics.request import request_al, request_counter_step_latency, request_e2e
-from pytest_speedbench.metrics.request import request_step_latency, request_steps, request_tpot, request_user_tps
-from pytest_speedbench.metrics.run import SOURCE_COUNTERS, counter_view
+from pytest_speedbench.metrics.request import request_e2e, request_tpot, request_user_tps
+from pytest_speedbench.metrics.run import _latency_rows, build_step_view
 
 SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
 
@@ -35,17 +34,10 @@ def _ratio(num: float | None, den: float | None) -> float | None:
 
 
 def _analytical_rows(run: RunRecords, metrics: dict[str, Any]) -> tuple[list[float], list[float]]:
-    """Paired per-request (AL, step latency) of the SD run, from the authoritative source."""
+    """Paired per-request (AL, step latency) of the SD run, with the headline AL's decode steps."""
     ok = [r for r in run.measured if r.ok]
-    if metrics.get("al_source") == SOURCE_COUNTERS:
-        view = counter_view(ok, run.engine_counters)
-        if view.has_per_request:
-            rows = [(al, request_counter_step_latency(r)) for r, al in view.per_request]
-            rows = [(a, s) for a, s in rows if s is not None]
-            return [a for a, _ in rows], [s for _, s in rows]
-    # chunks, or run-level counters: rescaling both by counter/chunk AL cancels in the ratio
-    rows2 = [(request_al(r), request_step_latency(r)) for r in ok if request_steps(r)]
-    return [a for a, _ in rows2], [s for _, s in rows2]
+    rows = _latency_rows(build_step_view(ok, run.engine_counters, metrics.get("draft_length")))
+    return [a for a, _ in rows], [s for _, s in rows]
 
 
 def compute_speedups(
