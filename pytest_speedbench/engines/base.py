@@ -115,13 +115,14 @@ class OpenAICompletionStream:
     Subclasses turn `(choice, ids)` into a ParsedEvent; `choice` is {} for a usage-only chunk.
     """
 
-    __slots__ = ("usage",)
+    __slots__ = ("usage", "metrics")
     engine: ClassVar[str] = "OpenAI-compatible server"
     #: why a chunk could carry text but no token ids, for the error message
     missing_ids_hint: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.usage: dict[str, Any] | None = None
+        self.metrics: dict[str, Any] | None = None  # the usage chunk's `metrics` (vLLM per-request)
 
     def choice_and_ids(self, data: bytes) -> tuple[dict[str, Any], list[int]] | None:
         event = decode_event(data, self.engine)
@@ -130,6 +131,8 @@ class OpenAICompletionStream:
         raise_openai_error(event, self.engine)
         if event.get("usage"):
             self.usage = event["usage"]
+            if isinstance(event.get("metrics"), dict):
+                self.metrics = event["metrics"]
         choices = event.get("choices") or []
         if not choices:
             return ({}, []) if self.usage is not None else None

@@ -418,8 +418,10 @@ class ServerEngine(HttpEngine):
         client_timeout: float,
         interval_s: float = 0.25,
         log_name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """Start `argv` (listening on `port`) and wait until `probe(httpx_client)` is true."""
+        """Start `argv` (listening on `port`) and wait until `probe(httpx_client)` is true;
+        `env` (default: the config's "env" option) is added to this process's environment."""
         import httpx
 
         self._argv = list(argv)
@@ -432,7 +434,7 @@ class ServerEngine(HttpEngine):
                 name=f"{label}[{self.config.key}]",
                 probe=lambda: probe(client),
                 timeout_s=self.config.ready_timeout_s,
-                env=self.config.option("env"),
+                env=env if env is not None else self.config.option("env"),
                 interval_s=interval_s,
             )
 
