@@ -1,9 +1,19 @@
-"""A fake `vllm` launcher: `vllm serve`'s flags, the OpenAI completions stream and Prometheus SD counters.
+"""A fake `vllm` launcher: `vllm serve`'s flags, the OpenAI completions stream and SD counters.
 
 Run: python tests/fakes/fake_vllm.py serve MODEL --port PORT [--speculative-config JSON] ...
 Unknown flags are rejected the way argparse (and so vLLM) does: exit 2, "unrecognized
 arguments". Faults and acceptance come from FAKE_ENGINE_* variables (fake_engine_faults.py).
 Startup: nothing listens until the "model" is loaded (connection refused), then /health is 200.
+
+Like vLLM 0.32 (measured, fixtures/streams/README.md): Prometheus and the per-request
+`metrics.speculative_decoding` (with --per-request-spec-decode-metrics) count drafted steps only;
+ngram steps find no match with probability FAKE_VLLM_UNDRAFTED (default 0.4) and emit one
+undrafted token; the last step's accepted drafts are counted before the cut at max_tokens.
+
+Replay mode (FAKE_VLLM_REPLAY=fixtures/streams/vllm-*.json): the n-th request is answered with
+the recorded SSE events of recorded request n mod R (token ids, chunking and usage chunk as the
+real server sent them, paced by the recorded receipt offsets x FAKE_VLLM_REPLAY_SPEED, default
+0 = no waiting), and /metrics sums the recorded per-request counters of the requests served.
 """
 
 from __future__ import annotations
@@ -21,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiohttp import web  # noqa: E402
 
-from fake_engine_faults import Faults, draw_steps, log  # noqa: E402
+from fake_engine_faults import Faults, log  # noqa: E402
+from recorded import sse_events  # noqa: E402
 
 METHODS = ("ngram", "draft_model", "eagle", "eagle3", "mtp", "medusa", "suffix")
 SPEC_KEYS = {"method", "model", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min",
@@ -57,7 +68,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--enable-log-requests", action="store_true")
     s.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None)
     s.add_argument("--compilation-config", "-O")
-    return p.parse_args(argv)
+    s.add_argument("--per-request-spec-decode-metrics", choices=("none", "summary", "detailed"), default="none")
+    args = p.parse_args(argv)
+    if args.per_request_spec_decode_metrics != "none" and args.speculative_config is None:
+        raise SystemExit("pydantic ValidationError: --per-request-spec-decode-metrics requires speculative "
+                         "decoding to be enabled (via --speculative-config).")
+    return args
 
 
 def validate_spec(spec: dict | None) -> tuple[str | None, int]:
@@ -88,6 +104,71 @@ class FakeVLLM:
         self.requests = 0
         self.drafts = self.draft_tokens = self.accepted = 0
         self.per_pos = [0] * self.k
+        self.undrafted = float(os.environ.get("FAKE_VLLM_UNDRAFTED", "0.4")) if self.method == "ngram" else 0.0
+        self.per_request = args.per_request_spec_decode_metrics
+        replay = os.environ.get("FAKE_VLLM_REPLAY")
+        self.replay = json.loads(Path(replay).read_text())["requests"] if replay else None
+        self.replay_speed = float(os.environ.get("FAKE_VLLM_REPLAY_SPEED", "0"))
+
+    def draw(self, rng, budget: int) -> list[tuple[int, bool, int]]:
+        """(emitted, drafted, accepted before the cut) per decode step after the prefill token."""
+        steps = []
+        while budget > 0:
+            drafted = self.k > 0 and rng.random() >= self.undrafted
+            accepted = 0
+            if drafted:
+                for p in self.accept:
+                    if rng.random() >= p:
+                        break
+                    accepted += 1
+            emitted = min(1 + accepted, budget)
+            steps.append((emitted, drafted, accepted))
+            budget -= emitted
+        return steps
+
+    def count(self, drafted: bool, accepted: int) -> None:
+        if drafted:
+            self.drafts += 1
+            self.draft_tokens += self.k
+            self.accepted += accepted
+            for i in range(accepted):
+                self.per_pos[i] += 1
+
+    def spec_metrics(self, steps: list[tuple[int, bool, int]]) -> dict:
+        """The usage chunk's metrics.speculative_decoding (vllm/v1/metrics/stats.py's to_dict)."""
+        drafted = [a for _, d, a in steps if d]
+        histogram = [sum(1 for a in drafted if a == j) for j in range(self.k + 1)]
+        accepted = sum(drafted)
+        out = {"mean_acceptance_length": 1.0 + accepted / len(drafted) if drafted else 1.0,
+               "draft_acceptance_rate": accepted / (self.k * len(drafted)) if drafted else 0.0,
+               "acceptance_histogram": histogram, "num_spec_steps": len(drafted),
+               "num_accepted_draft_tokens": accepted, "num_draft_tokens": self.k * len(drafted),
+               "num_spec_tokens": self.k}
+        if self.per_request == "detailed" and drafted:
+            out["per_step_accepted"], out["per_step_drafted"] = drafted, [self.k] * len(drafted)
+        return out
+
+    async def replay_request(self, request: web.Request, index: int) -> web.StreamResponse:
+        """Answer with recorded request index mod R: its events, chunking and usage chunk."""
+        rec = self.replay[index % len(self.replay)]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        start = time.perf_counter()
+        for offset, data in sse_events(rec["reads"]):
+            if self.replay_speed > 0:
+                await asyncio.sleep(max(0.0, offset * self.replay_speed - (time.perf_counter() - start)))
+            event = json.loads(data) if data != "[DONE]" else None
+            spec = ((event or {}).get("metrics") or {}).get("speculative_decoding")
+            if spec:
+                self.drafts += spec["num_spec_steps"]
+                self.draft_tokens += spec["num_draft_tokens"]
+                self.accepted += spec["num_accepted_draft_tokens"]
+                for i, n in enumerate(spec["acceptance_histogram"][1:], 1):
+                    for pos in range(min(i, self.k)):
+                        self.per_pos[pos] += n
+            await resp.write(b"data: " + data.encode() + b"\n\n")
+        self.faults.record({"request": index, "replayed": rec["question_id"]})
+        return resp
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -99,9 +180,12 @@ class FakeVLLM:
             return web.json_response({"object": "error", "message": "fake expects a token-id prompt"}, status=400)
         index = self.requests
         self.requests += 1
+        if self.replay is not None:
+            return await self.replay_request(request, index)
         max_tokens = int(body.get("max_tokens") or 16)
         rng = self.faults.rng_for(prompt, index)
-        sizes = draw_steps(rng, self.accept, max_tokens - 1) if self.k else [1] * (max_tokens - 1)
+        steps = self.draw(rng, max_tokens - 1)
+        sizes = [e for e, _, _ in steps]
         ids = [rng.randrange(100, 30000) for _ in range(max_tokens)]
         with_ids = bool(body.get("return_token_ids"))
         usage = (body.get("stream_options") or {}).get("include_usage")
@@ -112,11 +196,7 @@ class FakeVLLM:
         for n, size in enumerate([1, *sizes]):
             if n:
                 await asyncio.sleep(self.faults.step_ms / 1000)
-                self.drafts += 1
-                self.draft_tokens += self.k
-                self.accepted += size - 1
-                for i in range(size - 1):
-                    self.per_pos[i] += 1
+                self.count(steps[n - 1][1], steps[n - 1][2])
             if n == 2 and self.faults.mode == "crash_midstream":
                 os.kill(os.getpid(), signal.SIGKILL)
             if n == 2 and self.faults.mode == "hang_midstream":
@@ -137,9 +217,12 @@ class FakeVLLM:
             event = {"id": f"cmpl-{index}", "object": "text_completion", "created": created, "model": self.model,
                      "choices": [], "usage": {"prompt_tokens": len(prompt), "completion_tokens": emitted,
                                               "total_tokens": len(prompt) + emitted}}
+            if self.per_request != "none":
+                event["metrics"] = {"speculative_decoding": self.spec_metrics(steps)}
             await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
-        self.faults.record({"request": index, "prefill": 1, "steps": sizes})
+        self.faults.record({"request": index, "prefill": 1, "steps": sizes, "drafted": [d for _, d, _ in steps],
+                            "accepted": [a for _, _, a in steps]})
         return resp
 
     async def metrics(self, request: web.Request) -> web.Response:
