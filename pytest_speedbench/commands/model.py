@@ -1,4 +1,5 @@
-"""`speedbench model info|convert`: show how a --model value resolves, or convert it ahead of time.
+"""`speedbench model info|convert|draft`: show how a --model value resolves, convert it ahead of
+time, or build its layer-truncated draft (for --drafter=draft).
 
 Converting a GGUF (the bundled SmolLM2 included) takes tens of seconds once; running
 `speedbench model convert` before a benchmark keeps that out of the first test's setup.
@@ -26,6 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=f"bundled name ({models.BUNDLED_NAME}), folder, .gguf file or hub id")
         a.add_argument("--json", action="store_true", help="print JSON")
         a.set_defaults(func=run)
+    d = actions.add_parser("draft", help="build (once) and print a draft model: the model's first N decoder layers")
+    d.add_argument("spec", nargs="?", default=None, help=f"bundled name ({models.BUNDLED_NAME}), folder, .gguf or hub id")
+    d.add_argument("--layers", type=int, default=models.DRAFT_LAYERS, help="decoder layers kept (default %(default)s)")
+    d.set_defaults(func=run_draft)
+
+
+def run_draft(args: argparse.Namespace) -> int:
+    print(models.truncated_draft(args.spec, args.layers))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

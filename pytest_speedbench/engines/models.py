@@ -12,6 +12,7 @@ and `HF_HUB_OFFLINE` not set): offline by default.
 
 Cache layout (root: $SPEEDBENCH_CACHE, default ~/.cache/speedbench):
     models/<name>/            converted model + tokenizer files (a transformers folder)
+    models/<name>-draft-L<N>/ its first N decoder layers: a draft model for drafter=draft
     models/<name>.tokenizer/  tokenizer files alone, for `load_tokenizer` before conversion
     models/<name>.lock        the lock file conversions take
 """
@@ -274,6 +275,58 @@ def convert_gguf(gguf: Path, out: Path, tokenizer_dir: Path | None = None) -> No
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+# -- layer-truncated drafts --------------------------------------------------------------------
+
+#: decoder layers the default draft keeps. Measured on SmolLM2-135M (30 layers), greedy, k=3:
+#: the first 6-14 layers agree with the target's next token 3-7% of the time (vLLM draft_model
+#: with 10 layers: per-draft AL 1.07); 24 layers: vLLM acceptance 15%, per-draft AL 1.46.
+DRAFT_LAYERS = 24
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+_COPIED = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+           "chat_template.jinja", "tokenizer.model")
+
+
+def truncated_draft(spec: str | None = None, layers: int = DRAFT_LAYERS, env: Mapping[str, str] | None = None) -> Path:
+    """A draft model made from `spec` (default: the bundled SmolLM2): its first `layers`
+    decoder layers with the target's embeddings, final norm and tokenizer, built once into
+    models/<name>-draft-L<layers>/ (a transformers folder vLLM accepts as draft_model)."""
+    ref = resolve_model(spec, env)
+    source = ref.hf_dir
+    return ensure_dir(models_dir(env) / f"{ref.name}-draft-L{layers}", lambda tmp: write_truncated(source, tmp, layers))
+
+
+def write_truncated(source: Path, out: Path, layers: int) -> None:
+    """Copy `source`'s tensors except decoder layers >= `layers`; config num_hidden_layers = layers."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((source / "config.json").read_text())
+    total = int(config.get("num_hidden_layers") or 0)
+    if not 0 < layers < total:
+        raise UsageError(f"a truncated draft needs 1..{total - 1} layers of {source.name}'s {total}; got {layers}")
+    files = sorted(source.glob("*.safetensors"))
+    if not files:
+        raise UsageError(f"{source} holds no .safetensors weights to truncate")
+    kept: dict[str, Any] = {}
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                m = _LAYER.match(key)
+                if m is None or int(m.group(1)) < layers:
+                    kept[key] = f.get_tensor(key).contiguous()
+    save_file(kept, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config["num_hidden_layers"] = layers
+    for key in ("layer_types", "max_window_layers"):  # per-layer lists some configs carry
+        if isinstance(config.get(key), list):
+            config[key] = config[key][:layers]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in _COPIED:
+        if (source / name).exists():
+            shutil.copy2(source / name, out / name)
 
 
 # -- loading -------------------------------------------------------------------------------
