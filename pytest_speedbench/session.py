@@ -328,7 +328,7 @@ class SpeedbenchSession:
         extra["engine_counters"] = run.engine_counters  # run-level deltas (vLLM), for audit
         extra["engine_key"] = self.engine_key(case)
         lengths = {item.prompt_id: len(item.first_ids) for item in items}
-        extra["per_request"] = per_request_rows(run, extra.get("al_source"), lengths)
+        extra["per_request"] = per_request_rows(run, lengths, draft_length=draft_length)
         extra["isl_mean"] = mean_isl(extra["per_request"])
         self.runs[case] = (run, extra)
         return run, extra

@@ -7,7 +7,7 @@ counters are normalized to {steps, accepted, drafted?, accepted_per_pos?} (measu
 
 from __future__ import annotations
 
-from pytest_speedbench.measure.records import Counters, RequestRecord
+from pytest_speedbench.measure.records import RequestRecord
 
 
 
@@ -58,20 +58,3 @@ def request_user_tps(r: RequestRecord) -> float | None:
 def request_e2e(r: RequestRecord) -> float | None:
     """E2E = t_{n-1} - t_s."""
     return r.chunk_times[-1] - r.t_send if r.chunk_times else None
-
-
-def counter_steps(c: Counters | None) -> int:
-    """Verification steps in normalized counters (0 when absent)."""
-    return int(c.get("steps") or 0) if c else 0
-
-
-def counter_al(c: Counters | None) -> float | None:
-    """Counter AL = (steps + accepted) / steps; None without steps."""
-    steps = counter_steps(c)
-    return (steps + float(c.get("accepted") or 0)) / steps if steps > 0 else None
-
-
-def request_counter_step_latency(r: RequestRecord) -> float | None:
-    """(t_{n-1} - t_0) / counter steps: step latency when the engine's step count is trusted."""
-    decode, steps = request_decode_time(r), counter_steps(r.counters)
-    return decode / steps if decode is not None and steps > 0 else None
