@@ -312,3 +312,18 @@ def test_plugin_launches_vllm_per_drafter_and_records_counters(
     assert "--max-model-len 2048" in ngram["launch_command"]
     assert json.loads(ngram["argv"][ngram["argv"].index("--speculative-config") + 1])["method"] == "ngram"
     assert "--speculative-config" not in engines["vllm-none"]["launch_command"]
+
+
+def test_bundled_model_and_its_truncated_draft_resolve_to_local_folders(monkeypatch, tmp_path):
+    from pytest_speedbench.engines import models
+    from pytest_speedbench.engines.vllm import local_models
+
+    class Ref:
+        hf_dir = tmp_path / "smollm2"
+
+    monkeypatch.setattr(models, "resolve_model", lambda spec: Ref())
+    monkeypatch.setattr(models, "truncated_draft", lambda spec: tmp_path / "smollm2-draft-L24")
+    resolved = local_models(_config("draft", model=None))
+    assert resolved.model == str(tmp_path / "smollm2") and resolved.draft_model == str(tmp_path / "smollm2-draft-L24")
+    assert local_models(_config("draft", model="org/target", draft_model="org/small")) == _config(
+        "draft", model="org/target", draft_model="org/small")  # hub ids pass through

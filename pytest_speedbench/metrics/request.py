@@ -1,8 +1,8 @@
 """Per-request quantities of one request turn: pure functions of a RequestRecord (DESIGN.md "Metric definitions").
 
 For one request turn: send time t_s; chunks j = 0..n-1 arriving at t_j carrying L_j tokens;
-N = sum L_j. Chunk 0 is prefill's output, so verification steps are chunks 1..n-1. Engine
-counters are normalized to {steps, accepted, drafted?, accepted_per_pos?} (measure/records.py).
+N = sum L_j. Chunk 0 is prefill's output, so decode steps seen in the stream are chunks 1..n-1;
+metrics/steps.py reconciles them with the engine counters (measure/records.py).
 """
 
 from __future__ import annotations
