@@ -151,3 +151,20 @@ def test_hub_through_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import fails
     with pytest.raises(UsageError, match="pip install datasets"):
         load_prompts("hf:nvidia/SPEED-Bench", "qualitative")
+
+
+def test_nemo_skills_layout_is_read_like_vllm_bench_serve(tmp_path: Path) -> None:
+    """DIR/qualitative.jsonl with a `messages` column (NeMo-Skills' prepare.py, read by
+    `vllm bench serve --dataset-name speed_bench`): turns = the user messages."""
+    rows = [{"question_id": "math-1", "category": "math", "messages": [{"role": "user", "content": "2+2?"}]},
+            {"category": "coding", "messages": [{"role": "system", "content": "be brief"},
+                                                {"role": "user", "content": "write fizzbuzz"}]}]
+    (tmp_path / "qualitative.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = load_prompts(str(tmp_path), "qualitative")
+    assert sorted((p.question_id, p.category, p.turns) for p in prompts) == [
+        ("math-1", "math", ("2+2?",)), ("qualitative-0001", "coding", ("write fizzbuzz",))]
+    from pytest_speedbench.data.loaders import available_configs
+
+    assert available_configs(str(tmp_path)) == ("qualitative",)
+    with pytest.raises(UsageError, match="configs there: qualitative"):
+        read_rows(str(tmp_path), "throughput_1k")

