@@ -155,28 +155,50 @@ def test_model_info_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "not found" in capsys.readouterr().err
 
 
+TRUNCATE_CHECK = """
+import sys, torch
+from pathlib import Path
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from pytest_speedbench.engines import models
+from pytest_speedbench.errors import UsageError
+
+tmp, env = Path(sys.argv[1]), {"SPEEDBENCH_CACHE": sys.argv[2]}
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                     num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+source = tmp / "target"
+LlamaForCausalLM(config).save_pretrained(source)
+(source / "tokenizer.json").write_text("{}")
+draft = models.truncated_draft(str(source), layers=2, env=env)
+assert draft.parent == models.models_dir(env) and draft.name == "target-draft-L2", draft
+assert (draft / "tokenizer.json").exists()
+loaded, target = AutoModelForCausalLM.from_pretrained(draft), AutoModelForCausalLM.from_pretrained(source)
+assert loaded.config.num_hidden_layers == 2 and len(loaded.model.layers) == 2
+for name, tensor in loaded.state_dict().items():
+    assert torch.equal(tensor, target.state_dict()[name]), name
+stamp = (draft / "model.safetensors").stat().st_mtime_ns
+assert models.truncated_draft(str(source), layers=2, env=env) == draft
+assert (draft / "model.safetensors").stat().st_mtime_ns == stamp
+try:
+    models.truncated_draft(str(source), layers=4, env=env)
+except UsageError as exc:
+    assert "1..3 layers" in str(exc)
+else:
+    raise AssertionError("4 of 4 layers accepted")
+print("ok")
+"""
+
+
 def test_truncated_draft_keeps_the_first_layers_and_is_cached(tmp_path: Path, cache_env: dict[str, str]) -> None:
     """The draft for drafter=draft: the target's first N decoder layers, embeddings, norm and
-    tokenizer; it loads, its kept tensors are the target's, and a second call reuses the folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    tokenizer; it loads, its kept tensors are the target's, and a second call reuses the folder.
+    Runs in a fresh interpreter: importing torch late into a long test process can fail."""
+    import os
+    import subprocess
+    import sys
 
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    source = tmp_path / "target"
-    LlamaForCausalLM(config).save_pretrained(source)
-    (source / "tokenizer.json").write_text("{}")
-    draft = models.truncated_draft(str(source), layers=2, env=cache_env)
-    assert draft.parent == models.models_dir(cache_env) and draft.name == "target-draft-L2"
-    assert (draft / "tokenizer.json").exists()
-    loaded = AutoModelForCausalLM.from_pretrained(draft)
-    target = AutoModelForCausalLM.from_pretrained(source)
-    assert loaded.config.num_hidden_layers == 2 and len(loaded.model.layers) == 2
-    for name, tensor in loaded.state_dict().items():
-        assert torch.equal(tensor, target.state_dict()[name]), name
-    stamp = (draft / "model.safetensors").stat().st_mtime_ns
-    assert models.truncated_draft(str(source), layers=2, env=cache_env) == draft
-    assert (draft / "model.safetensors").stat().st_mtime_ns == stamp
-    with pytest.raises(UsageError, match="1..3 layers"):
-        models.truncated_draft(str(source), layers=4, env=cache_env)
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", TRUNCATE_CHECK, str(tmp_path), cache_env["SPEEDBENCH_CACHE"]],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])})
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
