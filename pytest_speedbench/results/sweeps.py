@@ -201,6 +201,7 @@ def sweep_figure(group: SweepGroup) -> Any:
         best = ch.point(ch.best)
         if best is not None:
             ax.plot([best.draft_length], [best.speedup], marker="*", markersize=14, color="black", linestyle="none")
+    ax.set_xticks(sorted({p.draft_length for ch in group.choices for p in ch.points}))
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("draft length (gamma)")
     ax.set_ylabel("speedup over drafter=none (output TPS)")
