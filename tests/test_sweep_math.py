@@ -95,3 +95,9 @@ def test_overestimation_pct() -> None:
     assert overestimation_pct(2.0, 2.46) == pytest.approx(23.0)
     assert overestimation_pct(2.0, 1.5) == pytest.approx(-25.0)
     assert overestimation_pct(None, 1.0) is None and overestimation_pct(0.0, 1.0) is None
+
+
+def test_few_paired_prompts_are_flagged() -> None:
+    base = {"a": 1.0, "b": 2.0, "c": 1.5}
+    choice = choose_draft_length(1, side(base), {3: side({p: t / 2 for p, t in base.items()})}, n_boot=200)
+    assert any("only 3 paired prompts" in n for n in choice.notes)

@@ -135,6 +135,8 @@ def choose_draft_length(
         ci = stats.percentile_interval(samples[g], level) if g in samples else None
         user = side.user_tps / ar.user_tps if side.user_tps and ar.user_tps else None
         points.append(DraftPoint(g, side.output_tps / ar.output_tps, ci, side.acceptance_length, user))
+    if 0 < len(ids) < 5:
+        notes.append(f"only {len(ids)} paired prompts: the bootstrap interval is coarse")
     ranked = sorted(points, key=lambda p: (-p.speedup, p.draft_length))
     best = ranked[0].draft_length
     runner = ranked[1].draft_length if len(ranked) > 1 else None
@@ -146,8 +148,6 @@ def choose_draft_length(
         return BatchChoice(batch_size, tuple(points), best, runner, delta, n_prompts=0, notes=tuple(notes))
     d = samples[best] - samples[runner]
     ci = stats.percentile_interval(d, level)
-    if len(ids) < 5:
-        notes.append(f"only {len(ids)} paired prompts: the bootstrap interval is coarse")
     return BatchChoice(
         batch_size, tuple(points), best, runner, delta, ci, float(np.mean(d <= 0)),
         bool(ci is not None and ci[0] > 0), len(ids), tuple(notes),
