@@ -327,11 +327,16 @@ class SpeedbenchSession:
         extra["client"] = run.client_info
         extra["engine_counters"] = run.engine_counters  # run-level deltas (vLLM), for audit
         extra["engine_key"] = self.engine_key(case)
+        self._add_request_rows(extra, run, items)
+        self.runs[case] = (run, extra)
+        return run, extra
+
+    @staticmethod
+    def _add_request_rows(extra: dict[str, Any], run: RunRecords, items: Any) -> None:
+        """Per-request rows (every round's requests) and mean ISL, for `speedbench sweep|predict`."""
         lengths = {item.prompt_id: len(item.first_ids) for item in items}
         extra["per_request"] = per_request_rows(run, extra.get("al_source"), lengths)
         extra["isl_mean"] = mean_isl(extra["per_request"])
-        self.runs[case] = (run, extra)
-        return run, extra
 
     def measure_rounds(self, case: Case, engine: Engine, items: Any, draft_length: int | None,
                        progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
@@ -382,6 +387,7 @@ class SpeedbenchSession:
         extra["client"] = run.client_info
         extra["engine_counters"] = run.engine_counters
         extra["engine_key"] = self.engine_key(case)
+        self._add_request_rows(extra, run, items)
         self.runs[case] = (run, extra)
         self._record_twin_rounds(twin, case, ar_extra, ar_tps.mean(axis=1).tolist() if keys else [])
         return run, extra

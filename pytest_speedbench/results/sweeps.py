@@ -64,7 +64,8 @@ def entries(runs: Iterable[Run]) -> list[Entry]:
 
 def run_side(e: Entry) -> RunSide:
     user = (e.info.get("user_tps") or {}).get("mean")
-    return RunSide(float(e.info["output_tps"]), prompt_totals(e.rows), e.info.get("acceptance_length"), user)
+    return RunSide(float(e.info["output_tps"]), prompt_totals(e.rows), e.info.get("acceptance_length"), user,
+                   e.info.get("speedup_output_tps"), e.info.get("speedup_user_tps"))
 
 
 # --- sweep -------------------------------------------------------------------------------------
