@@ -342,6 +342,10 @@ def _per_engine(raw: Any, where: object) -> dict[str, dict[str, Any]]:
         parsed: dict[str, Any] = {}
         for key, value in dict(overrides or {}).items():
             spec = OPTION_BY_NAME.get(key.replace("-", "_"))
+            if spec is not None and spec.kind == "str" and isinstance(value, (list, tuple)):
+                # engine_args as a YAML list (the README's form): kept as a list, not str(list)
+                parsed[key.replace("-", "_")] = [str(v) for v in value]
+                continue
             parsed[key.replace("-", "_")] = coerce(spec, value) if spec else value
         per_engine[str(engine)] = parsed
     return per_engine
