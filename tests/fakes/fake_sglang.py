@@ -94,6 +94,8 @@ def _dechunk(body: bytes) -> bytes:
 def load_recording(path: Path) -> dict:
     """{"input_ids": [...] | None, "events": [(t, b"data: ...\n\n"), ...]} from one recording.
 
+    Each `data:` line becomes one SSE event (the real server puts each event on one line).
+
     `.jsonl` (speedbench-raw-stream/1): a header line, then every socket read of the full HTTP
     response with its receipt offset; each SSE event gets the offset of the read that
     completed it. `.sse`: the body alone, no timing.
@@ -112,19 +114,20 @@ def load_recording(path: Path) -> dict:
         # receipt time of an event: the first read that reached its end (chunk framing adds a
         # few bytes per event, so map by the event's position in the de-chunked payload scaled
         # to the raw body; exact enough for gaps between events)
+        # receipt time of an event: the first read that reached its end; chunk framing adds a
+        # few bytes per event, so positions in the de-chunked payload are scaled to the raw body
         scale = (len(raw) - head_len) / max(1, len(payload))
         events, pos = [], 0
-        for block in payload.split(b"\n\n"):
-            if not block.strip():
-                pos += len(block) + 2
+        for line in payload.split(b"\n"):
+            pos += len(line) + 1
+            if not line.startswith(b"data:"):
                 continue
-            pos += len(block) + 2
             offset = head_len + pos * scale
             t = next((t for end, t in ends if end >= offset), ends[-1][1])
-            events.append((t, block + b"\n\n"))
+            events.append((t, line + b"\n\n"))
         return {"input_ids": header.get("input_ids"), "events": events, "name": path.name}
-    blocks = [b for b in path.read_bytes().split(b"\n\n") if b.strip()]
-    return {"input_ids": None, "events": [(0.0, b + b"\n\n") for b in blocks], "name": path.name}
+    lines = [line for line in path.read_bytes().split(b"\n") if line.startswith(b"data:")]
+    return {"input_ids": None, "events": [(0.0, line + b"\n\n") for line in lines], "name": path.name}
 
 
 def load_recordings(paths: list[Path]) -> list[dict]:
