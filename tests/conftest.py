@@ -188,3 +188,14 @@ def reap() -> Iterator[Callable[..., None]]:
         pids.extend(_pids_with_env_marker(marker))
     for pid in pids:
         _kill_group_or_pid(pid)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real SGLang tier takes minutes and its own venv: it runs only when asked for with
+    `-m real_sglang` (tox -e sglang), never as part of the ordinary `tox -e py` run."""
+    if "real_sglang" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="the real SGLang tier runs with `tox -e sglang` (-m real_sglang)")
+    for item in items:
+        if item.get_closest_marker("real_sglang") is not None:
+            item.add_marker(skip)
