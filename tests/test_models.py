@@ -153,3 +153,53 @@ def test_model_info_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert out == {"name": "local-model", "gguf": None, "hf_dir": str(folder.resolve()), "converted": True}
     assert main(["model", "info", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def _tiny_llama(folder: Path, layers: int = 4) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text("{}")
+
+
+def test_truncated_draft_keeps_the_first_layers_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """layers:N for served engines: a real checkpoint whose first N layers are the target's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("SPEEDBENCH_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "target"
+    _tiny_llama(target)
+    draft = models.truncated_draft(str(target), 2)
+    assert draft.parent == tmp_path / "cache" / "models" and (draft / "tokenizer_config.json").is_file()
+    full = AutoModelForCausalLM.from_pretrained(target)
+    small = AutoModelForCausalLM.from_pretrained(draft)
+    assert small.config.num_hidden_layers == 2 and len(small.model.layers) == 2
+    for name, tensor in small.state_dict().items():
+        assert torch.equal(tensor, full.state_dict()[name]), name
+    stamp = (draft / "model.safetensors").stat().st_mtime_ns
+    assert models.truncated_draft(str(target), 2) == draft  # reused, not rebuilt
+    assert (draft / "model.safetensors").stat().st_mtime_ns == stamp
+    assert models.truncated_draft(str(target), 3) != draft
+    with pytest.raises(UsageError, match=r"valid values: layers:1 \.\.\. layers:3"):
+        models.truncated_draft(str(target), 4)
+    assert models.parse_layers_spec("layers:24") == 24 and models.parse_layers_spec("/some/path") is None
+
+
+def test_sglang_draft_layers_spec_becomes_a_truncated_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_speedbench.engines.base import EngineConfig
+    from pytest_speedbench.engines.sglang import resolve_draft_model, speculative_args
+
+    monkeypatch.setenv("SPEEDBENCH_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "target"
+    _tiny_llama(target)
+    config = resolve_draft_model(EngineConfig("sglang", "draft", model=str(target), draft_model="layers:1"))
+    args = speculative_args(config)
+    draft = Path(args[args.index("--speculative-draft-model-path") + 1])
+    assert draft == models.truncated_draft(str(target), 1) and args[args.index("--speculative-algorithm") + 1] == "STANDALONE"
+    plain = EngineConfig("sglang", "draft", model=str(target), draft_model=str(target))
+    assert resolve_draft_model(plain) is plain  # a path is passed through untouched
