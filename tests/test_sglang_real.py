@@ -133,8 +133,9 @@ def test_every_case_was_reset_with_flush_cache(runs: dict[str, dict[str, Any]]) 
 def test_counters_agree_with_streamed_tokens_after_end_effect(runs: dict[str, dict[str, Any]]) -> None:
     """Per request: at most one stream event per verify step (the server may merge events when
     its output path falls behind, never split them), and verify steps + accepted drafts equal
-    the tokens after the prefill token, or exceed them by at most gamma - 1 where the last step
-    was cut at max_new_tokens (SGLang counts that step's accepted drafts before the cut)."""
+    the tokens after the prefill token, or exceed them by at most gamma where the last step was
+    cut at max_new_tokens (SGLang counts that step's accepted drafts before the cut; measured:
+    a STANDALONE request with 20 steps + 14 accepted = 34 for 31 tokens)."""
     gamma = 3
     checked = 0
     for drafter in ("ngram", "draft"):
@@ -145,7 +146,7 @@ def test_counters_agree_with_streamed_tokens_after_end_effect(runs: dict[str, di
                 after_prefill = sum(r.chunk_tokens) - r.chunk_tokens[0]
                 assert c["steps"] >= len(r.chunk_tokens) - 1, (case.id, r.prompt_id, c, r.chunk_tokens)
                 overrun = c["steps"] + c["accepted"] - after_prefill
-                assert 0 <= overrun <= gamma - 1, (case.id, r.prompt_id, c, r.chunk_tokens)
+                assert 0 <= overrun <= gamma, (case.id, r.prompt_id, c, r.chunk_tokens)
                 assert c["drafted"] == c["steps"] * gamma  # proposed = verify count x (draft tokens - 1)
                 checked += 1
     assert checked == 2 * len(BATCH_SIZES) * 4
