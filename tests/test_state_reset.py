@@ -19,7 +19,6 @@ from conftest import SUITE
 
 from pytest_speedbench.engines.base import EngineConfig
 from pytest_speedbench.engines.sglang import SGLangEngine
-from pytest_speedbench.session import engine_options
 
 FAKE_LAUNCH = f"{sys.executable} {Path(__file__).parent / 'fakes' / 'fake_sglang_launch.py'}"
 ACCEPT = "0.5,0.2,0.1"
@@ -170,14 +169,3 @@ def test_server_info_facts_in_attach_mode(tmp_path, fake_sglang):
     assert facts["version"] == "0.5.23" and facts["speculative_algorithm"] == "NGRAM"
     assert facts["speculative_num_draft_tokens"] == 4 and facts["attention_backend"] == "fake"
     assert "internal_states" not in facts  # only the facts, not ~480 server args
-
-
-def test_engine_options_from_yaml() -> None:
-    options = dict(engine_options("sglang", {"env": {"OMP_NUM_THREADS": 1}, "command": ["py", "-m", "x"]}))
-    assert dict(options["env"]) == {"OMP_NUM_THREADS": "1"}
-    assert options["command"] == ("py", "-m", "x")
-    hash(EngineConfig("sglang", "none", extra=tuple(options.items())))  # stays hashable
-    from pytest_speedbench.errors import UsageError
-
-    with pytest.raises(UsageError, match="options.env must map"):
-        engine_options("sglang", {"env": ["A=1"]})

@@ -299,8 +299,7 @@ class FakeSGLang:
             with self.args.ground_truth.open("a") as f:
                 f.write(json.dumps({"request": index, "input_len": len(input_ids), "prefill": 1,
                                     "steps": sizes, "events": [sum(g) for g in events], "overrun": overrun,
-                                    "t_done": time.time()}) + "
-")
+                                    "t_done": time.time()}) + "\n")
         return resp
 
     async def server_info(self, request: web.Request) -> web.Response:
