@@ -317,29 +317,47 @@ class SpeedbenchSession:
         return LoadSpec(case.batch_size, s.output_len, case.temperature, s.warmup, s.request_timeout, s.seed)
 
     def measure(self, case: Case, engine: Engine, progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
+        """Reset the engine's cross-request state, warm up outside the measured prompts, measure.
+
+        The reset comes first because a drafter that learns across requests (SGLang NGRAM)
+        would otherwise replay an earlier case's answers; the warmup stays off the measured
+        prompts for the same reason. What was reset is recorded with the case.
+        """
         items = self.workload.items(case.dataset_config)
         draft_length = self.engine_config(self.engine_key(case)).draft_length if case.is_speculative else None
+        warm, warm_source = self.workload.warmup_items(case.dataset_config, self.settings.warmup)
         if self.interleaves(case):
-            return self.measure_rounds(case, engine, items, draft_length, progress)
-        run = run_load(engine, items, self.load_spec(case), self.workload.encoder, progress)
+            return self.measure_rounds(case, engine, items, draft_length, progress, warm, warm_source)
+        reset = engine.reset_state()
+        run = run_load(engine, items, self.load_spec(case), self.workload.encoder, progress, warm)
         extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
         extra.update(self.speedups_for(case, run, extra))
         extra["client"] = run.client_info
         extra["engine_counters"] = run.engine_counters  # run-level deltas (vLLM), for audit
         extra["engine_key"] = self.engine_key(case)
-        lengths = {item.prompt_id: len(item.first_ids) for item in items}
-        extra["per_request"] = per_request_rows(run, lengths, draft_length=draft_length)
-        extra["isl_mean"] = mean_isl(extra["per_request"])
+        self._add_request_rows(extra, run, items, draft_length)
+        self._record_state(case, engine, extra, reset, warm, warm_source)
+        if self.settings.repeat_check and case.is_speculative:
+            extra["repeat_check"] = self.repeat_check(case, engine, items, extra)
         self.runs[case] = (run, extra)
         return run, extra
 
+    @staticmethod
+    def _add_request_rows(extra: dict[str, Any], run: RunRecords, items: Any, draft_length: int | None) -> None:
+        """Per-request rows (every round's requests) and mean ISL, for `speedbench sweep|predict`."""
+        lengths = {item.prompt_id: len(item.first_ids) for item in items}
+        extra["per_request"] = per_request_rows(run, lengths, draft_length=draft_length)
+        extra["isl_mean"] = mean_isl(extra["per_request"])
+
     def measure_rounds(self, case: Case, engine: Engine, items: Any, draft_length: int | None,
-                       progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
+                       progress: Progress | None = None, warm: Any = None,
+                       warm_source: str = "measured") -> tuple[RunRecords, dict[str, Any]]:
         """AR twin and SD case in turns (AR, SD, AR, SD, ...) over the same prompts, so slow drift
         of the machine cancels in the speedup; the speedup's interval covers rounds and prompts
         (paired by prompt), and the case is marked unstable when its speedup is implausible for
         its AL or its rounds disagree beyond their spread. The AR rounds' figures go to the twin's
-        entry too."""
+        entry too. Both engines are reset before every pass: the rounds measure the same prompts
+        again, which a drafter that learns across requests (SGLang NGRAM) would replay."""
         from pytest_speedbench.metrics import rounds as R
 
         twin = case.twin()
@@ -354,10 +372,13 @@ class SpeedbenchSession:
                 return None
             return lambda done, total: progress(k * total + done, passes * total)
 
+        resets: list[Any] = []
         for i in range(self.settings.rounds):
             this = spec if i == 0 else replace(spec, warmup=0)  # each engine is warm after round 1
-            ar_runs.append(run_load(ar_engine, items, this, self.workload.encoder, step(2 * i)))
-            sd_runs.append(run_load(engine, items, this, self.workload.encoder, step(2 * i + 1)))
+            ar_engine.reset_state()
+            ar_runs.append(run_load(ar_engine, items, this, self.workload.encoder, step(2 * i), warm))
+            resets.append(engine.reset_state())
+            sd_runs.append(run_load(engine, items, this, self.workload.encoder, step(2 * i + 1), warm))
         run, ar_run = merge_rounds(sd_runs), merge_rounds(ar_runs)
         extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=seed)
         ar_extra = metrics.compute_run_metrics(ar_run, seed=seed)
@@ -382,6 +403,10 @@ class SpeedbenchSession:
         extra["client"] = run.client_info
         extra["engine_counters"] = run.engine_counters
         extra["engine_key"] = self.engine_key(case)
+        self._add_request_rows(extra, run, items, draft_length)
+        self._record_state(case, engine, extra, resets[0], warm, warm_source, resets)
+        if self.settings.repeat_check:
+            extra["repeat_check"] = self.repeat_check(case, engine, items, extra)
         self.runs[case] = (run, extra)
         self._record_twin_rounds(twin, case, ar_extra, ar_tps.mean(axis=1).tolist() if keys else [])
         return run, extra
@@ -393,6 +418,59 @@ class SpeedbenchSession:
         for entry in self.book.entries.values():
             if entry.get("param") == twin.id and "error" not in entry["extra_info"]:
                 entry["extra_info"].setdefault("interleaved_rounds", {})[case.id] = figures
+
+    def _metrics(self, case: Case, run: RunRecords) -> dict[str, Any]:
+        draft_length = self.engine_config(self.engine_key(case)).draft_length if case.is_speculative else None
+        return metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
+
+    def _record_state(self, case: Case, engine: Engine, extra: dict[str, Any], reset: Any, warm: Any,
+                      warm_source: str, resets: list[Any] | None = None) -> None:
+        """What was reset before the case and where its warmup came from, with any warning."""
+        extra["state_reset"] = reset.as_dict()
+        if resets and len(resets) > 1:
+            extra["state_reset_rounds"] = [r.as_dict() for r in resets]
+        extra["warmup_prompts"] = {"source": warm_source, "count": self.settings.warmup,
+                                   "prompt_ids": sorted({i.prompt_id for i in warm or []})[: self.settings.warmup]}
+        warnings = self.state_warnings(case, engine, reset, warm_source)
+        for r in (resets or [])[1:]:
+            if r.warning and r.warning not in warnings:
+                warnings.append(r.warning)
+        extra["warnings"] = warnings
+
+    def state_warnings(self, case: Case, engine: Engine, reset: Any, warm_source: str) -> list[str]:
+        """Why this case's acceptance may carry earlier requests' memory (empty when it cannot)."""
+        warnings = [reset.warning] if reset.warning else []
+        stateful = case.drafter in getattr(engine, "cross_request_drafters", frozenset())
+        if stateful and warm_source == "measured" and self.settings.warmup > 0:
+            warnings.append(
+                f"{case.engine} {case.drafter} keeps state across requests and the warmup used measured prompts "
+                f"(--warmup-prompts=measured or no other prompts in the dataset): measured requests can replay "
+                "the warmup's answers")
+        return warnings
+
+    def repeat_check(self, case: Case, engine: Engine, items: list[Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """Measure the same prompts again after a reset; the AL must stay inside the first pass's
+        95% interval. Why: it is the direct test of drafter memory leaking between runs (without
+        a reset, SGLang NGRAM's second pass replays the first and AL jumps far outside)."""
+        from dataclasses import replace
+
+        reset = engine.reset_state()
+        run2 = run_load(engine, items, replace(self.load_spec(case), warmup=0), self.workload.encoder)
+        second = self._metrics(case, run2)
+        first_al, ci = extra.get("acceptance_length"), extra.get("acceptance_length_ci95")
+        second_al = second.get("acceptance_length")
+        check: dict[str, Any] = {"first": first_al, "first_ci95": ci, "second": second_al,
+                                 "second_ci95": second.get("acceptance_length_ci95"), "reset": reset.as_dict()}
+        if first_al is None or second_al is None or not ci or ci[0] is None:
+            check.update(verdict="skip", reason="no AL (or no interval) to compare")
+        elif ci[0] - 1e-9 <= second_al <= ci[1] + 1e-9:
+            check.update(verdict="pass", reason=f"second AL {second_al:.3f} inside [{ci[0]:.3f}, {ci[1]:.3f}]")
+        else:
+            check.update(verdict="fail", reason=(
+                f"repeat check: AL moved from {first_al:.3f} to {second_al:.3f} on the same prompts, outside the first "
+                f"pass's 95% interval [{ci[0]:.3f}, {ci[1]:.3f}]: the engine remembers earlier requests "
+                f"(reset before the repeat: {reset.method}{'; ' + reset.warning if reset.warning else ''})"))
+        return check
 
     def speedups_for(self, case: Case, run: RunRecords, extra: dict[str, Any]) -> dict[str, Any]:
         twin = case.twin() if case.is_speculative else None
@@ -421,6 +499,9 @@ class SpeedbenchSession:
             baseline_extra_info=find_baseline(self.baseline, case.params(), name), strict=self.settings.strict,
         )
         failures = self.request_failures(run) + [c.message for c in verdict.checks if c.failed]
+        repeat = extra.get("repeat_check") or {}
+        if repeat.get("verdict") == "fail":
+            failures.append(repeat["reason"])
         gate = verdict.as_dict()
         if failures and gate["verdict"] != "fail":
             gate = {**gate, "verdict": "fail", "reasons": failures + gate["reasons"]}
@@ -458,7 +539,17 @@ class SpeedbenchSession:
     def summary_lines(self) -> list[str]:
         from pytest_speedbench.results.table import render
 
-        return render(list(self.book.entries.values()))
+        entries = list(self.book.entries.values())
+        lines = render(entries)
+        for entry in entries:
+            extra = entry.get("extra_info", {})
+            for warning in extra.get("warnings") or []:
+                lines.append(f"WARNING {entry.get('param') or entry.get('name')}: {warning}")
+            repeat = extra.get("repeat_check") or {}
+            if repeat.get("verdict") in ("pass", "fail"):
+                lines.append(f"repeat check {entry.get('param') or entry.get('name')}: {repeat['verdict']}: "
+                             f"{repeat['reason']}")
+        return lines
 
     @staticmethod
     def request_failures(run: RunRecords) -> list[str]:

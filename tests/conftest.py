@@ -17,6 +17,27 @@ import urllib.request
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _preload_extensions() -> None:
+    """Import torch and transformers (when installed) before any test runs.
+
+    pytester's in-process runs restore sys.modules afterwards, dropping every module first
+    imported inside them; a C extension such as torch cannot be imported a second time in one
+    process ("SystemError: bad call flags", then a segfault in garbage collection). Loaded
+    here, they are part of pytester's snapshot and are never dropped.
+    """
+    import importlib.util
+
+    for name in ("torch", "transformers", "tokenizers", "matplotlib.pyplot", "pandas", "pyarrow"):
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            try:
+                __import__(name)
+            except Exception:  # a broken optional install must not stop the tests that need none
+                pass
+
+
+_preload_extensions()
 FAKES = Path(__file__).resolve().parent / "fakes"
 #: the shipped suite file, so plugin tests drive exactly what users run
 SUITE = (REPO / "benchmarks" / "test_speedbench.py").read_text()
@@ -167,3 +188,14 @@ def reap() -> Iterator[Callable[..., None]]:
         pids.extend(_pids_with_env_marker(marker))
     for pid in pids:
         _kill_group_or_pid(pid)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The real SGLang tier takes minutes and its own venv: it runs only when asked for with
+    `-m real_sglang` (tox -e sglang), never as part of the ordinary `tox -e py` run."""
+    if "real_sglang" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="the real SGLang tier runs with `tox -e sglang` (-m real_sglang)")
+    for item in items:
+        if item.get_closest_marker("real_sglang") is not None:
+            item.add_marker(skip)

@@ -155,50 +155,51 @@ def test_model_info_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "not found" in capsys.readouterr().err
 
 
-TRUNCATE_CHECK = """
-import sys, torch
-from pathlib import Path
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
-from pytest_speedbench.engines import models
-from pytest_speedbench.errors import UsageError
+def _tiny_llama(folder: Path, layers: int = 4) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-tmp, env = Path(sys.argv[1]), {"SPEEDBENCH_CACHE": sys.argv[2]}
-torch.manual_seed(0)
-config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
-                     num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-source = tmp / "target"
-LlamaForCausalLM(config).save_pretrained(source)
-(source / "tokenizer.json").write_text("{}")
-draft = models.truncated_draft(str(source), layers=2, env=env)
-assert draft.parent == models.models_dir(env) and draft.name == "target-draft-L2", draft
-assert (draft / "tokenizer.json").exists()
-loaded, target = AutoModelForCausalLM.from_pretrained(draft), AutoModelForCausalLM.from_pretrained(source)
-assert loaded.config.num_hidden_layers == 2 and len(loaded.model.layers) == 2
-for name, tensor in loaded.state_dict().items():
-    assert torch.equal(tensor, target.state_dict()[name]), name
-stamp = (draft / "model.safetensors").stat().st_mtime_ns
-assert models.truncated_draft(str(source), layers=2, env=env) == draft
-assert (draft / "model.safetensors").stat().st_mtime_ns == stamp
-try:
-    models.truncated_draft(str(source), layers=4, env=env)
-except UsageError as exc:
-    assert "1..3 layers" in str(exc)
-else:
-    raise AssertionError("4 of 4 layers accepted")
-print("ok")
-"""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text("{}")
 
 
-def test_truncated_draft_keeps_the_first_layers_and_is_cached(tmp_path: Path, cache_env: dict[str, str]) -> None:
-    """The draft for drafter=draft: the target's first N decoder layers, embeddings, norm and
-    tokenizer; it loads, its kept tensors are the target's, and a second call reuses the folder.
-    Runs in a fresh interpreter: importing torch late into a long test process can fail."""
-    import os
-    import subprocess
-    import sys
+def test_truncated_draft_keeps_the_first_layers_and_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """layers:N for served engines: a real checkpoint whose first N layers are the target's."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", TRUNCATE_CHECK, str(tmp_path), cache_env["SPEEDBENCH_CACHE"]],
-                         capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])})
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    monkeypatch.setenv("SPEEDBENCH_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "target"
+    _tiny_llama(target)
+    draft = models.truncated_draft(str(target), 2)
+    assert draft.parent == tmp_path / "cache" / "models" and (draft / "tokenizer_config.json").is_file()
+    full = AutoModelForCausalLM.from_pretrained(target)
+    small = AutoModelForCausalLM.from_pretrained(draft)
+    assert small.config.num_hidden_layers == 2 and len(small.model.layers) == 2
+    for name, tensor in small.state_dict().items():
+        assert torch.equal(tensor, full.state_dict()[name]), name
+    stamp = (draft / "model.safetensors").stat().st_mtime_ns
+    assert models.truncated_draft(str(target), 2) == draft  # reused, not rebuilt
+    assert (draft / "model.safetensors").stat().st_mtime_ns == stamp
+    assert models.truncated_draft(str(target), 3) != draft
+    with pytest.raises(UsageError, match=r"valid values: layers:1 \.\.\. layers:3"):
+        models.truncated_draft(str(target), 4)
+    assert models.parse_layers_spec("layers:24") == 24 and models.parse_layers_spec("/some/path") is None
+
+
+def test_sglang_draft_layers_spec_becomes_a_truncated_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_speedbench.engines.base import EngineConfig
+    from pytest_speedbench.engines.sglang import resolve_draft_model, speculative_args
+
+    monkeypatch.setenv("SPEEDBENCH_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "target"
+    _tiny_llama(target)
+    config = resolve_draft_model(EngineConfig("sglang", "draft", model=str(target), draft_model="layers:1"))
+    args = speculative_args(config)
+    draft = Path(args[args.index("--speculative-draft-model-path") + 1])
+    assert draft == models.truncated_draft(str(target), 1) and args[args.index("--speculative-algorithm") + 1] == "STANDALONE"
+    plain = EngineConfig("sglang", "draft", model=str(target), draft_model=str(target))
+    assert resolve_draft_model(plain) is plain  # a path is passed through untouched

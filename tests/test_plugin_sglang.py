@@ -112,6 +112,10 @@ def test_twin_servers_give_measured_speedup(suite, fake_sglang, pytester: pytest
     # client and scheduling noise.
     assert sd_extra["speedup_user_tps"] > 1.3
     assert sd_extra["speedup_analytical"] == pytest.approx(sd_extra["acceptance_length"], rel=0.3)
+    # per-request rows for `speedbench sweep|predict`, on the interleaved SD case too
+    ar_rows = entries["sglang-none-qualitative-bs1-t0"]["extra_info"]["per_request"]
+    assert ar_rows and {r["id"] for r in sd_extra["per_request"]} == {r["id"] for r in ar_rows}
+    assert sd_extra["isl_mean"] > 0 and all(r["steps"] > 0 for r in sd_extra["per_request"])
 
 
 def test_engine_fixture_starts_once_per_instance(suite, pytester: pytest.Pytester):

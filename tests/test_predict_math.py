@@ -123,3 +123,13 @@ def test_leave_one_out_says_why_when_nothing_is_left_to_fit() -> None:
     obs = [o for o in observations(np.random.default_rng(7)) if o.point.batch_size == 1 and o.point.isl == 200]
     (held,) = leave_one_out(obs)
     assert held.prediction is None and "no measured case" in held.reason
+
+
+def test_band_never_goes_below_zero_when_extrapolating_far() -> None:
+    rng = np.random.default_rng(8)
+    ar = [LatencyPoint(x, 1, latencies(0.01 + 2e-6 * x, 4, rng, 0.3)) for x in (100, 200)]
+    sd = [LatencyPoint(x, 1, latencies(0.015 + 3e-6 * x, 4, rng, 0.3)) for x in (100, 200)]
+    pred = predict_speedup(ar, sd, {"coding": [2.0, 2.2]}, {"coding": 1.0}, 3000, 1, n_boot=1000)
+    assert (pred.sd_step_latency.samples < 0).any() or (pred.ar_step_latency.samples < 0).any()
+    assert pred.band is not None and pred.band[0] > 0
+    assert any("extrapolated" in n for n in pred.notes)

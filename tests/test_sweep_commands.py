@@ -168,3 +168,14 @@ def test_predict_check_reports_held_out_errors(capsys, results: Path) -> None:
 def test_predict_usage_errors_name_the_bad_value(capsys, results: Path, argv: list[str], message: str) -> None:
     code, _, err = run(capsys, "predict", str(results), "--draft-length", "2", *argv)
     assert code == 2 and message in err, err
+
+
+def test_sweep_figure_has_one_line_per_batch_size_over_the_draft_lengths(results: Path) -> None:
+    from pytest_speedbench.results import sweeps
+    from pytest_speedbench.results.export import load_runs
+
+    groups = sweeps.sweep(sweeps.entries(load_runs([str(results)])), n_boot=200)
+    (grp,) = [g for g in groups if g.workload == "throughput-1k"]
+    ax = sweeps.sweep_figure(grp).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["batch size 1", "batch size 4"]
+    assert list(ax.get_xticks()) == [1, 2, 3, 4]

@@ -95,3 +95,19 @@ def test_overestimation_pct() -> None:
     assert overestimation_pct(2.0, 2.46) == pytest.approx(23.0)
     assert overestimation_pct(2.0, 1.5) == pytest.approx(-25.0)
     assert overestimation_pct(None, 1.0) is None and overestimation_pct(0.0, 1.0) is None
+
+
+def test_few_paired_prompts_are_flagged() -> None:
+    base = {"a": 1.0, "b": 2.0, "c": 1.5}
+    choice = choose_draft_length(1, side(base), {3: side({p: t / 2 for p, t in base.items()})}, n_boot=200)
+    assert any("only 3 paired prompts" in n for n in choice.notes)
+
+
+def test_a_recorded_speedup_is_the_point_and_the_bootstrap_rescales_it() -> None:
+    base = heterogeneous(20)
+    sd = side({p: t / 1.5 for p, t in base.items()})
+    recorded = RunSide(sd.output_tps, sd.prompts, speedup=1.2, user_speedup=1.3)  # e.g. interleaved rounds
+    choice = choose_draft_length(1, side(base), {2: recorded}, n_boot=500)
+    point = choice.point(2)
+    assert point.speedup == 1.2 and point.user_tps_speedup == 1.3
+    assert point.ci95[0] <= 1.2 <= point.ci95[1]

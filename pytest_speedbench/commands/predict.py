@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
                 inside = {True: "inside", False: "outside", None: "?"}[h.within_band]
                 print(f"    {h.case}: predicted {h.prediction.speedup:.3f} [{band[0]:.3f}, {band[1]:.3f}], "
                       f"measured {h.measured:.3f}, error {h.error_pct:+.1f}% ({inside} the band)")
+                for note in h.prediction.notes:
+                    print(f"      note: {note}")
     return 0
 
 

@@ -145,6 +145,32 @@ class OpenAICompletionStream:
         return choice, list(ids)
 
 
+@dataclass
+class StateReset:
+    """What was done before a case so that no earlier request can change its acceptance.
+
+    Why: some drafters learn across requests (SGLang's NGRAM corpus keeps every earlier
+    request's tokens; measured on SGLang 0.5.23: the same 8 prompts at batch size 1, then at
+    batch size 4 without a reset, AL 1.18 -> 3.91 with identical outputs). Prefix caches also
+    survive. Each case therefore starts from a reset engine, and the results say how.
+
+    method: "flush_cache" (an engine call), "restart" (a launched engine was restarted),
+    "fresh start" (a just-launched engine that served no case yet), "not needed" (the engine
+    keeps no state that changes acceptance), "none" (state may survive: `warning` says why).
+    """
+
+    method: str
+    cleared: tuple[str, ...] = ()
+    ok: bool = True
+    warning: str | None = None
+    detail: str | None = None
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "cleared": list(self.cleared), "ok": self.ok, "warning": self.warning,
+                "detail": self.detail, "seconds": round(self.seconds, 3)}
+
+
 class StreamParser(Protocol):
     """Per-request parser state (cumulative vs incremental ids, final counters)."""
 
@@ -158,6 +184,9 @@ class Engine(abc.ABC):
 
     #: the engine's registry name; its other facts (drafters, limits, options) are its EngineSpec
     name: ClassVar[str]
+    #: drafters whose state survives across requests (a corpus of earlier outputs, a suffix
+    #: tree): without a reset an earlier case's answers inflate a later case's acceptance
+    cross_request_drafters: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: EngineConfig, workdir: Path) -> None:
         self.config = config
@@ -174,6 +203,19 @@ class Engine(abc.ABC):
     def info(self) -> dict[str, Any]:
         """Version, launch command, url: recorded in the results."""
         return {"engine": self.name, "drafter": self.config.drafter}
+
+    def reset_state(self) -> StateReset:
+        """Called before each case (and before a repeat-check pass), with nothing in flight.
+
+        In-process engines build their drafter per request; an engine class that declares a
+        cross-request drafter overrides this.
+        """
+        if self.config.drafter in self.cross_request_drafters:
+            return StateReset("none", ok=False, warning=(
+                f"{self.name} drafter {self.config.drafter!r} keeps state across requests and this engine "
+                "has no way to reset it: earlier cases can inflate this case's acceptance"))
+        return StateReset("not needed", detail=f"{self.name} {self.config.drafter!r} keeps no drafter state "
+                                               "across requests")
 
 
 class HttpEngine(Engine):

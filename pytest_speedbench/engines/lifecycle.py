@@ -34,7 +34,7 @@ from typing import Any
 
 from pytest_speedbench.errors import EngineError
 from pytest_speedbench.engines import gpu
-from pytest_speedbench.engines.base import EngineConfig, HttpEngine
+from pytest_speedbench.engines.base import EngineConfig, HttpEngine, StateReset
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -407,6 +407,9 @@ class ServerEngine(HttpEngine):
         self._argv: list[str] = []
         self._ready_s: float | None = None
         self._version: str | None = None
+        #: cases served since this process was launched (a fresh launch needs no restart)
+        self._cases_since_launch = 0
+        self._restarts = 0
 
     def _launch(
         self,
@@ -425,6 +428,7 @@ class ServerEngine(HttpEngine):
         import httpx
 
         self._argv = list(argv)
+        self._cases_since_launch = 0
         self.base_url = f"http://127.0.0.1:{port}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         with httpx.Client(base_url=self.base_url, timeout=client_timeout) as client:
@@ -482,4 +486,51 @@ class ServerEngine(HttpEngine):
             "log": str(server.log_path) if server is not None else None,
             "ready_s": self._ready_s,
             "engine_args": list(self.config.engine_args),
+            "restarts": self._restarts,
         }
+
+    # -- state between cases ---------------------------------------------------------------
+    def reset_call(self) -> StateReset | None:
+        """The engine's own reset of cross-request state (SGLang: POST /flush_cache).
+
+        None when the engine has no such call; the base then restarts a launched server whose
+        drafter keeps state, and warns for an attached one.
+        """
+        return None
+
+    def reset_state(self) -> StateReset:
+        """Reset before a case: the engine's call, else a restart of a launched server."""
+        started = time.monotonic()
+        try:
+            result = self.reset_call()
+            if result is None:
+                result = self._reset_without_call()
+        finally:
+            self._cases_since_launch += 1
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _reset_without_call(self) -> StateReset:
+        drafter = self.config.drafter
+        if drafter not in self.cross_request_drafters:
+            return super().reset_state()
+        if self._server is None:
+            return StateReset("none", ok=False, warning=(
+                f"attached {self.name} server at {self.base_url}: drafter {drafter!r} keeps state across "
+                f"requests and {self.name} has no call to reset it; earlier requests (other cases, other "
+                "users) can inflate this case's acceptance. Launch the engine instead, or restart the server "
+                "between cases"))
+        if self._cases_since_launch == 0:
+            return StateReset("fresh start", cleared=("all engine state",),
+                              detail="launched for this case; no earlier case ran on it")
+        self._restart()
+        return StateReset("restart", cleared=("all engine state",),
+                          detail=f"{self.name} has no reset call for drafter {drafter!r}: server restarted")
+
+    def _restart(self) -> None:
+        """Stop the launched server and start it again through the engine's own start()."""
+        self.stop()
+        self._server = None
+        self.base_url = ""
+        self._restarts += 1
+        self.start()  # type: ignore[attr-defined]

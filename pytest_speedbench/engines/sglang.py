@@ -26,17 +26,29 @@ neither the launch fails naming the version. Drafters (K = --draft-length):
     mtp    --speculative-algorithm NEXTN     [--speculative-draft-model-path DRAFT] + chain flags
     chain flags: --speculative-num-steps K --speculative-eagle-topk 1 --speculative-num-draft-tokens K+1
 
-(num-draft-tokens counts the verified root token too, hence K+1.) Readiness: refused or 503
-until GET /health_generate answers 200 (it runs a one-token generation, so its timeout is
-long). Point the engine at another launcher with SPEEDBENCH_SGLANG_CMD (e.g.
+(num-draft-tokens counts the verified root token too, hence K+1.) `--draft-model layers:N`
+becomes the target's first N layers as a cached draft folder (models.truncated_draft).
+Readiness: refused or 503 until GET /health_generate answers 200 (it runs a one-token
+generation, so its timeout is long); the statuses seen are kept in the engine facts.
+
+Between cases (measured on 0.5.23 on the real server tier, tests/test_sglang_real.py): POST /flush_cache resets the radix
+cache, the KV pools and the NGRAM corpus (every earlier request's tokens, which otherwise
+inflate a later case's acceptance), but only while no request runs or waits: busy, it answers
+400 at once, or with `?timeout=S` it waits up to S seconds for idle (older servers ignore the
+parameter, so the call is retried until the drain deadline). /server_info (0.5.23; the older
+/get_server_info still answers, with a deprecation warning) gives the resolved speculative
+settings and attention backend, kept in the engine facts in launch and attach mode. Point the engine at another launcher with SPEEDBENCH_SGLANG_CMD (e.g.
 "python tests/fakes/fake_sglang_launch.py") or EngineConfig.extra["command"].
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from collections.abc import Sequence
 from importlib import metadata, util
 from typing import Any
@@ -50,6 +62,7 @@ from pytest_speedbench.engines.base import (
     HttpRequest,
     ParsedEvent,
     SamplingParams,
+    StateReset,
     decode_event,
     native_drafter,
     require_draft_model,
@@ -130,8 +143,20 @@ def installed_version() -> str | None:
         return None
 
 
+#: `--help` answers per launcher command, for this process: importing SGLang takes tens of
+#: seconds on a small CPU (56 s measured under load), so each launcher is probed once
+_PROBED: dict[tuple[tuple[str, ...], frozenset[tuple[str, str]]], frozenset[str] | None] = {}
+
+
 def probe_flags(command: Sequence[str], timeout_s: float = 300.0) -> frozenset[str] | None:
     """The flags `<launcher> --help` lists; None when the probe fails (no guessing then)."""
+    key = (tuple(command), frozenset(os.environ.items()))  # same launcher, same environment
+    if key not in _PROBED:
+        _PROBED[key] = _probe_flags(command, timeout_s)
+    return _PROBED[key]
+
+
+def _probe_flags(command: Sequence[str], timeout_s: float) -> frozenset[str] | None:
     try:
         proc = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=timeout_s,
                               stdin=subprocess.DEVNULL)
@@ -266,13 +291,50 @@ class SGLangParser:
         return new
 
 
+#: /server_info keys kept in the results' engine facts (the rest are ~480 server_args)
+SERVER_INFO_FACTS = (
+    "version", "speculative_algorithm", "speculative_num_draft_tokens", "speculative_num_steps",
+    "speculative_eagle_topk", "speculative_draft_model_path", "speculative_ngram_max_bfs_breadth",
+    "speculative_ngram_min_bfs_breadth", "speculative_ngram_match_type", "speculative_ngram_max_trie_depth",
+    "speculative_draft_attention_backend", "attention_backend", "decode_attention_backend",
+    "prefill_attention_backend", "sampling_backend", "dtype", "device", "max_running_requests",
+    "max_total_num_tokens", "disable_radix_cache", "incremental_streaming_output", "launch_command",
+)
+#: seconds a reset waits for the server to finish what is in flight before flushing
+FLUSH_DRAIN_S = 60.0
+
+
+def server_info_facts(info: dict[str, Any]) -> dict[str, Any]:
+    """The engine facts a reader needs to trust the SD figures (what actually ran)."""
+    facts = {key: info[key] for key in SERVER_INFO_FACTS if key in info}
+    if not facts and info:
+        facts["server_info_keys"] = sorted(info)[:40]
+    return facts
+
+
+def resolve_draft_model(config: EngineConfig) -> EngineConfig:
+    """`layers:N` -> a cached folder with the target's first N layers (a STANDALONE draft)."""
+    from pytest_speedbench.engines.models import parse_layers_spec, truncated_draft
+
+    n = parse_layers_spec(config.draft_model)
+    if n is None:
+        return config
+    if not config.model:
+        raise UsageError("sglang --draft-model layers:N needs --model (the target whose layers are kept)")
+    return replace(config, draft_model=str(truncated_draft(config.model, n)))
+
+
 class SGLangEngine(ServerEngine):
     name = "sglang"
+    #: NGRAM keeps a corpus of every earlier request's tokens (flushed by /flush_cache)
+    cross_request_drafters = frozenset({"ngram"})
+    flush_drain_s: float = FLUSH_DRAIN_S
 
     def __init__(self, config: EngineConfig, workdir) -> None:
         super().__init__(config, workdir)
         self._server_info: dict[str, Any] = {}
         self._flags_probed: bool | None = None
+        self._readiness: list[str] = []
 
     # -- lifecycle --
     def _read_server(self) -> None:
@@ -286,10 +348,22 @@ class SGLangEngine(ServerEngine):
         flags = probe_flags(command)
         self._flags_probed = flags is not None
         port = free_port()
-        argv = build_argv(self.config, port=port, command=command, flags=flags, version=version)
+        argv = build_argv(resolve_draft_model(self.config), port=port, command=command, flags=flags, version=version)
+        self._readiness = []
         # /health_generate runs a one-token generation: give it time to answer
-        self._launch(argv, port, label="sglang", client_timeout=60.0,
-                     probe=lambda client: client.get("/health_generate").status_code == 200)
+        self._launch(argv, port, label="sglang", client_timeout=60.0, probe=self._ready)
+
+    def _ready(self, client: Any) -> bool:
+        """One readiness probe; each change of answer (refused, 503, 200) is kept for the facts."""
+        import httpx
+
+        try:
+            seen = str(client.get("/health_generate").status_code)
+        except httpx.HTTPError as exc:
+            seen = "refused" if isinstance(exc, httpx.ConnectError) else type(exc).__name__
+        if not self._readiness or self._readiness[-1] != seen:
+            self._readiness.append(seen)
+        return seen == "200"
 
     def _probe_server_info(self) -> dict[str, Any]:
         import httpx
@@ -299,7 +373,7 @@ class SGLangEngine(ServerEngine):
         try:
             with httpx.Client(base_url=self.base_url, timeout=10.0) as client:
                 info = {}
-                for path in ("/get_server_info", "/server_info"):
+                for path in ("/server_info", "/get_server_info"):
                     r = client.get(path)
                     if r.status_code == 200:
                         info = r.json()
@@ -317,7 +391,40 @@ class SGLangEngine(ServerEngine):
             "model": (self._server_info.get("model_info") or {}).get("model_path")
             or self._server_info.get("model_path"),
             "flags_probed": self._flags_probed,
+            "server_info": server_info_facts(self._server_info),
+            "readiness": list(self._readiness) or None,
         }
+
+    # -- between cases --
+    def reset_call(self) -> StateReset | None:
+        """POST /flush_cache once the server is idle; None when the server has no such route."""
+        import httpx
+
+        cleared = ["radix cache", "KV pools"] + (["NGRAM corpus"] if self.config.drafter == "ngram" else [])
+        deadline = time.monotonic() + self.flush_drain_s
+        answers: list[str] = []
+        with httpx.Client(base_url=self.base_url, timeout=self.flush_drain_s + 30.0) as client:
+            while True:
+                wait = max(0.0, round(deadline - time.monotonic(), 1))
+                try:
+                    r = client.post("/flush_cache", params={"timeout": wait})
+                except httpx.HTTPError as exc:
+                    # the case's own requests will say what is wrong with the server
+                    return StateReset("none", ok=False, warning=(
+                        f"SGLang /flush_cache at {self.base_url} failed ({type(exc).__name__}: {exc}): "
+                        "engine state was not reset"))
+                if r.status_code == 200:
+                    return StateReset("flush_cache", cleared=tuple(cleared),
+                                      detail=f"POST /flush_cache -> 200 after {len(answers)} busy answer(s)")
+                if r.status_code in (404, 405):
+                    return None
+                answers.append(f"{r.status_code} {r.text.strip()[:80]}")
+                if time.monotonic() >= deadline:
+                    return StateReset("none", ok=False, detail="; ".join(answers[-3:]), warning=(
+                        f"SGLang at {self.base_url} did not become idle within {self.flush_drain_s:g} s, so "
+                        f"/flush_cache did not run (last answer: {answers[-1]}): requests still running "
+                        "there and earlier cases' NGRAM corpus or prefix cache can change this case's figures"))
+                time.sleep(0.5)
 
     # -- protocol --
     def build_request(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> HttpRequest:

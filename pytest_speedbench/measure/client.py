@@ -106,10 +106,13 @@ def counters_delta(before: Counters | None, after: Counters | None) -> Counters 
     return delta
 
 
-def _warmup_items(items: Sequence[WorkItem], n: int) -> list[WorkItem]:
-    if not items or n <= 0:
+def _warmup_items(items: Sequence[WorkItem], n: int, pool: Sequence[WorkItem] | None = None) -> list[WorkItem]:
+    """n first-turn warmup requests from `pool` (prompts outside the measured set), else from
+    the measured items themselves."""
+    source = pool if pool else items
+    if not source or n <= 0:
         return []
-    return [WorkItem(i.prompt_id, i.category, i.turns[:1], i.first_ids) for i in itertools.islice(itertools.cycle(items), n)]
+    return [WorkItem(i.prompt_id, i.category, i.turns[:1], i.first_ids) for i in itertools.islice(itertools.cycle(source), n)]
 
 
 async def _drive(
@@ -159,7 +162,7 @@ async def _drive(
 
 async def run_http(
     engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
-    *, measure: bool = True, progress: Progress | None = None,
+    *, measure: bool = True, progress: Progress | None = None, warmup_items: Sequence[WorkItem] | None = None,
 ) -> RunRecords:
     """Single event loop: every stream of the run in this process (`measure=False`: warmup only)."""
     kind = spec.resolved_transport()
@@ -171,7 +174,8 @@ async def run_http(
             meter.count(await stream_request(transport, request, engine.new_parser(), record, spec.request_timeout))
 
         counter = itertools.count()
-        warm = await _drive(_warmup_items(items, spec.warmup), spec, encoder, send_turn, warmup=True, counter=counter)
+        warm = await _drive(_warmup_items(items, spec.warmup, warmup_items), spec, encoder, send_turn, warmup=True,
+                            counter=counter)
         before = await engine.run_counters()
         meter.start()
         measured = await _drive(items, spec, encoder, send_turn, warmup=False, counter=counter,
@@ -195,16 +199,17 @@ def _shard_blocker(engine: HttpEngine, items: Sequence[WorkItem], encoder: Conve
 
 def run_http_sharded(
     engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
-    plan: sharding.ShardPlan,
+    plan: sharding.ShardPlan, warmup_items: Sequence[WorkItem] | None = None,
 ) -> RunRecords:
     """Warmup here, then the measured requests over worker processes (see sharding.py)."""
     kind = spec.resolved_transport()
     blob = sharding.parser_blob(engine.new_parser())
     if blob is None:
-        run = asyncio_run(run_http(engine, items, spec, encoder))
+        run = asyncio_run(run_http(engine, items, spec, encoder, warmup_items=warmup_items))
         run.client_info["shard_blocked"] = f"{type(engine.new_parser()).__name__} cannot be pickled"
         return run
-    warm = asyncio_run(run_http(engine, items, spec, encoder, measure=False)).requests if spec.warmup else []
+    warm = asyncio_run(run_http(engine, items, spec, encoder, measure=False, warmup_items=warmup_items)).requests \
+        if spec.warmup else []
     offset = spec.warmup
     requests = [engine.build_request(i.first_ids, sampling_for(spec, offset + n)) for n, i in enumerate(items)]
     labels = [(i.prompt_id, i.category) for i in items]
@@ -257,7 +262,7 @@ def _finish_client_info(run: RunRecords) -> RunRecords:
 
 def run_inprocess(
     engine: InProcessEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, warmup_items: Sequence[WorkItem] | None = None,
 ) -> RunRecords:
     """In-process engines serve one request at a time: a plain loop, no event loop in the way."""
     limit = get_spec(engine.name).max_concurrency
@@ -286,7 +291,8 @@ def run_inprocess(
 
     async def main() -> list[RequestRecord]:
         counter = itertools.count()
-        warm = await _drive(_warmup_items(items, spec.warmup), spec, encoder, async_send, warmup=True, counter=counter)
+        warm = await _drive(_warmup_items(items, spec.warmup, warmup_items), spec, encoder, async_send, warmup=True,
+                            counter=counter)
         return warm + await _drive(items, spec, encoder, async_send, warmup=False, counter=counter,
                                    progress=progress)
 
@@ -295,20 +301,21 @@ def run_inprocess(
 
 def run_load(
     engine: Engine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, warmup_items: Sequence[WorkItem] | None = None,
 ) -> RunRecords:
     """Drive one case's load against an engine and return everything it measured.
 
     `progress` hears of each finished measured conversation (not from sharded worker processes).
+    `warmup_items`: prompts for the warmup requests (None: the measured items themselves).
     """
     if isinstance(engine, InProcessEngine):
-        return run_inprocess(engine, items, spec, encoder, progress)
+        return run_inprocess(engine, items, spec, encoder, progress, warmup_items)
     if isinstance(engine, HttpEngine):
         plan = sharding.plan_shards(spec.batch_size, spec.resolved_shards())
         blocker = _shard_blocker(engine, items, encoder) if plan.sharded else None
         if plan.sharded and blocker is None:
-            return _finish_client_info(run_http_sharded(engine, items, spec, encoder, plan))
-        run = asyncio_run(run_http(engine, items, spec, encoder, progress=progress))
+            return _finish_client_info(run_http_sharded(engine, items, spec, encoder, plan, warmup_items))
+        run = asyncio_run(run_http(engine, items, spec, encoder, progress=progress, warmup_items=warmup_items))
         run.client_info["shard_reason"] = plan.reason if blocker is None else f"not sharded: {blocker}"
         if blocker:
             run.client_info["shard_blocked"] = blocker

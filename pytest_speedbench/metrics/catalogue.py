@@ -117,6 +117,8 @@ METRICS: tuple[MetricSpec, ...] = (
     _summary_row("e2e_s", "s", LOWER, "E2E"),
     MetricSpec("num_requests", "requests", NEUTRAL, "requests", shown={JUNIT: ()}),
     MetricSpec("num_output_tokens", "tokens", NEUTRAL, "output tokens", shown={JUNIT: ()}),
+    # mean turn-0 prompt length in target tokens (with `per_request`, the rows speedbench sweep|predict read)
+    MetricSpec("isl_mean", "tokens", NEUTRAL, "mean ISL", shown={JUNIT: ()}),
 )
 
 

@@ -180,7 +180,9 @@ def predict_speedup(
         raise PredictionError(f"the fitted SD step latency at ISL {isl:.0f}, batch size {batch_size} is "
                               f"{t_sd.value:.4g} s (not positive): the line does not hold that far out")
     with np.errstate(divide="ignore", invalid="ignore"):
-        samples = np.where(t_sd.samples > 0, t_ar.samples * al.samples / t_sd.samples, np.nan)
+        # a replicate whose fitted line crosses zero has no meaning as a step latency: dropped
+        valid = (t_sd.samples > 0) & (t_ar.samples > 0)
+        samples = np.where(valid, t_ar.samples * al.samples / t_sd.samples, np.nan)
     return Prediction(t_ar.value * al.value / t_sd.value, stats.percentile_interval(samples, level), t_ar, t_sd, al)
 
 

@@ -4,7 +4,9 @@ Inputs per batch size b: the drafter=none run (AR) and one SD run per draft leng
 its output TPS plus per-prompt totals from the saved per-request rows (turns of one prompt id
 summed): tok_r[p] = sum of N, e2e_r[p] = sum of E2E over the turns of prompt p in run r.
 
-Measured speedup (DESIGN.md): S_g = output_tps(SD, g) / output_tps(AR).
+Measured speedup (DESIGN.md): S_g = output_tps(SD, g) / output_tps(AR), or the case's own
+recorded output-TPS speedup when it has one (a session measuring SD and AR in interleaved rounds
+records the drift-cancelled ratio; the bootstrap below only rescales it).
 
 Paired bootstrap over prompts: the prompt ids present in every run of the batch size (P, |P| = n)
 are resampled with replacement, the SAME draw i for every run, so prompt difficulty cancels
@@ -40,6 +42,11 @@ class RunSide:
     prompts: Mapping[str, tuple[float, float]]  # prompt id -> (sum tokens, sum E2E seconds)
     acceptance_length: float | None = None
     user_tps: float | None = None
+    speedup: float | None = None  # the recorded output-TPS speedup over the AR twin, if any
+    user_speedup: float | None = None  # the recorded user-TPS speedup, if any
+
+    def speedup_over(self, ar: RunSide) -> float:
+        return self.speedup if self.speedup is not None else self.output_tps / ar.output_tps
 
 
 def prompt_totals(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
@@ -106,7 +113,7 @@ def paired_speedup_samples(
     ar_rel = _rates(ar, ids, idx)
     samples = {}
     for g, side in sd.items():
-        point = side.output_tps / ar.output_tps
+        point = side.speedup_over(ar)
         samples[g] = point * _rates(side, ids, idx) / ar_rel
     return ids, samples
 
@@ -133,8 +140,12 @@ def choose_draft_length(
     for g in sorted(sd):
         side = sd[g]
         ci = stats.percentile_interval(samples[g], level) if g in samples else None
-        user = side.user_tps / ar.user_tps if side.user_tps and ar.user_tps else None
-        points.append(DraftPoint(g, side.output_tps / ar.output_tps, ci, side.acceptance_length, user))
+        user = side.user_speedup
+        if user is None and side.user_tps and ar.user_tps:
+            user = side.user_tps / ar.user_tps
+        points.append(DraftPoint(g, side.speedup_over(ar), ci, side.acceptance_length, user))
+    if 0 < len(ids) < 5:
+        notes.append(f"only {len(ids)} paired prompts: the bootstrap interval is coarse")
     ranked = sorted(points, key=lambda p: (-p.speedup, p.draft_length))
     best = ranked[0].draft_length
     runner = ranked[1].draft_length if len(ranked) > 1 else None
@@ -146,8 +157,6 @@ def choose_draft_length(
         return BatchChoice(batch_size, tuple(points), best, runner, delta, n_prompts=0, notes=tuple(notes))
     d = samples[best] - samples[runner]
     ci = stats.percentile_interval(d, level)
-    if len(ids) < 5:
-        notes.append(f"only {len(ids)} paired prompts: the bootstrap interval is coarse")
     return BatchChoice(
         batch_size, tuple(points), best, runner, delta, ci, float(np.mean(d <= 0)),
         bool(ci is not None and ci[0] > 0), len(ids), tuple(notes),

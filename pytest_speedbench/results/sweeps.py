@@ -64,7 +64,8 @@ def entries(runs: Iterable[Run]) -> list[Entry]:
 
 def run_side(e: Entry) -> RunSide:
     user = (e.info.get("user_tps") or {}).get("mean")
-    return RunSide(float(e.info["output_tps"]), prompt_totals(e.rows), e.info.get("acceptance_length"), user)
+    return RunSide(float(e.info["output_tps"]), prompt_totals(e.rows), e.info.get("acceptance_length"), user,
+                   e.info.get("speedup_output_tps"), e.info.get("speedup_user_tps"))
 
 
 # --- sweep -------------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ def sweep_figure(group: SweepGroup) -> Any:
         best = ch.point(ch.best)
         if best is not None:
             ax.plot([best.draft_length], [best.speedup], marker="*", markersize=14, color="black", linestyle="none")
+    ax.set_xticks(sorted({p.draft_length for ch in group.choices for p in ch.points}))
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("draft length (gamma)")
     ax.set_ylabel("speedup over drafter=none (output TPS)")

@@ -74,6 +74,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("rounds", "--speedbench-rounds",
                "rounds per SD case: its AR twin and it measured in turns (AR, SD, AR, SD, ...) over the same "
                "prompts, so drift cancels in the speedup", "int", 2),
+    OptionSpec("warmup_prompts", "--warmup-prompts",
+               "warmup prompts: outside (prompts not measured, so a cross-request drafter cannot learn a "
+               "measured answer) or measured", "str", "outside", ("outside", "measured")),
+    OptionSpec("repeat_check", "--speedbench-repeat-check",
+               "measure each speculative case's prompts twice (reset in between) and fail when the second "
+               "AL leaves the first one's 95% interval", "bool", False),
     OptionSpec("device", "--device", "device for in-process engines (auto, cpu, cuda, cuda:N)", "str", "auto"),
     OptionSpec("engine_args", "--engine-args", "extra arguments passed to the engine launcher", "str", None),
     OptionSpec("request_timeout", "--request-timeout", "seconds without progress before a request fails",
@@ -204,6 +210,8 @@ class Settings:
     output_len: int
     warmup: int
     rounds: int
+    warmup_prompts: str
+    repeat_check: bool
     device: str
     engine_args: str | None
     request_timeout: float
@@ -247,6 +255,8 @@ class Settings:
                 raise UsageError(f"--draft-length: {gamma} must be at least 1 (draft lengths are 1 or more)")
         if self.warmup < 0:
             raise UsageError(f"--warmup: {self.warmup} must be 0 or more")
+        if self.warmup_prompts not in ("outside", "measured"):
+            raise bad_value("--warmup-prompts", self.warmup_prompts, ("outside", "measured"))
         for name in ("request_timeout", "ready_timeout"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{OPTION_BY_NAME[name].flag}: must be positive")
@@ -332,6 +342,10 @@ def _per_engine(raw: Any, where: object) -> dict[str, dict[str, Any]]:
         parsed: dict[str, Any] = {}
         for key, value in dict(overrides or {}).items():
             spec = OPTION_BY_NAME.get(key.replace("-", "_"))
+            if spec is not None and spec.kind == "str" and isinstance(value, (list, tuple)):
+                # engine_args as a YAML list (the README's form): kept as a list, not str(list)
+                parsed[key.replace("-", "_")] = [str(v) for v in value]
+                continue
             parsed[key.replace("-", "_")] = coerce(spec, value) if spec else value
         per_engine[str(engine)] = parsed
     return per_engine

@@ -102,7 +102,18 @@ class Faults:
 
 def draw_steps(rng: random.Random, accept: list[float], budget: int) -> list[int]:
     """Sizes (1 + accepted drafts) of the verification steps after the prefill token."""
+    return draw_steps_with_overrun(rng, accept, budget)[0]
+
+
+def draw_steps_with_overrun(rng: random.Random, accept: list[float], budget: int) -> tuple[list[int], int]:
+    """Step sizes, and how many accepted drafts the last step had beyond the token budget.
+
+    Real engines (SGLang 0.5.23, measured) count the last step's accepted drafts before the
+    output is cut at max tokens, so their counters exceed the emitted tokens by this overrun.
+    The draw consumes the generator exactly as `draw_steps` always did.
+    """
     sizes = []
+    overrun = 0
     while budget > 0:
         accepted = 0
         for p in accept:
@@ -111,6 +122,7 @@ def draw_steps(rng: random.Random, accept: list[float], budget: int) -> list[int
             else:
                 break
         size = min(1 + accepted, budget)
+        overrun = 1 + accepted - size
         sizes.append(size)
         budget -= size
-    return sizes
+    return sizes, overrun

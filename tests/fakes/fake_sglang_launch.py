@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
              "--algorithm", args.speculative_algorithm or "NONE"]
     if accept:
         inner += ["--accept", ",".join(str(a) for a in accept)]
+    if args.speculative_algorithm == "NGRAM":
+        inner += ["--memory"]  # the real NGRAM corpus remembers earlier requests until /flush_cache
     if faults.ground_truth is not None:
         inner += ["--ground-truth", str(faults.ground_truth)]
     fake_args = fake_sglang.parse_args(inner)
