@@ -142,12 +142,12 @@ def test_counters_agree_with_streamed_tokens_after_end_effect(runs: dict[str, di
         for bs, (case, _, run) in runs[drafter]["results"].items():
             for r in _measured(run):
                 c = r.counters
-                assert c is not None and c["steps"] > 0, (case.id, r.prompt_id)
+                assert c is not None and c["decode_steps"] > 0, (case.id, r.prompt_id)
                 after_prefill = sum(r.chunk_tokens) - r.chunk_tokens[0]
-                assert c["steps"] >= len(r.chunk_tokens) - 1, (case.id, r.prompt_id, c, r.chunk_tokens)
-                overrun = c["steps"] + c["accepted"] - after_prefill
+                assert c["decode_steps"] >= len(r.chunk_tokens) - 1, (case.id, r.prompt_id, c, r.chunk_tokens)
+                overrun = c["decode_steps"] + c["accepted"] - after_prefill
                 assert 0 <= overrun <= gamma, (case.id, r.prompt_id, c, r.chunk_tokens)
-                assert c["drafted"] == c["steps"] * gamma  # proposed = verify count x (draft tokens - 1)
+                assert c["drafted"] == c["decode_steps"] * gamma  # proposed = verify count x (draft tokens - 1)
                 checked += 1
     assert checked == 2 * len(BATCH_SIZES) * 4
 

@@ -73,11 +73,11 @@ def test_adapter_parses_real_streams_and_counters_reconcile(path: Path) -> None:
         assert counters is None and not any(k.startswith("spec_") for k in meta)
         return
     assert counters is not None
-    assert counters["steps"] == meta["spec_verify_ct"] == len(sizes) - 1
-    assert counters["drafted"] == counters["steps"] * GAMMA
-    overrun = counters["steps"] + counters["accepted"] - (sum(sizes) - sizes[0])
+    assert counters["decode_steps"] == meta["spec_verify_ct"] == len(sizes) - 1
+    assert counters["drafted"] == counters["decode_steps"] * GAMMA
+    overrun = counters["decode_steps"] + counters["accepted"] - (sum(sizes) - sizes[0])
     assert 0 <= overrun <= GAMMA
-    assert sum(meta["spec_correct_drafts_histogram"]) == counters["steps"]
+    assert sum(meta["spec_correct_drafts_histogram"]) == counters["decode_steps"]
     assert meta["spec_accept_length"] == pytest.approx(meta["completion_tokens"] / meta["spec_verify_ct"])
     assert "spec_accept_token_num" not in meta
 
@@ -86,7 +86,7 @@ def test_adapter_parses_real_streams_and_counters_reconcile(path: Path) -> None:
 def test_shared_recordings_show_the_end_effect() -> None:
     """The README's facts: NGRAM 31 steps + 33 accepted = 64 for 63 streamed tokens."""
     _, _, c = parse(SHARED / "sglang-0.5.23-ngram-smollm2-64tok.sse")
-    assert (c["steps"], c["accepted"]) == (31, 33)
+    assert (c["decode_steps"], c["accepted"]) == (31, 33)
 
 
 def _final_event(url: str, body: dict) -> tuple[dict, dict]:
