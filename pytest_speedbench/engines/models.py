@@ -311,7 +311,7 @@ def parse_layers_spec(spec: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def truncated_draft(target: str | Path | None, n_layers: int = DRAFT_LAYERS, env: Mapping[str, str] | None = None) -> Path:
+def truncated_draft(target: str | Path | None = None, n_layers: int = DRAFT_LAYERS, env: Mapping[str, str] | None = None) -> Path:
     """A cached safetensors folder holding the target's first `n_layers` decoder layers.
 
     Why: a served engine (SGLang STANDALONE, vLLM draft_model) needs a draft *checkpoint*,
