@@ -17,6 +17,8 @@ from pytest_speedbench.engines.base import EngineConfig  # noqa: E402
 from pytest_speedbench.engines.vllm import VLLMEngine, VLLMParser  # noqa: E402
 from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load  # noqa: E402
 from pytest_speedbench.measure.records import RequestRecord, RunRecords  # noqa: E402
+from pytest_speedbench.measure.stream import records_from_stream  # noqa: E402
+from pytest_speedbench.measure.transport import StreamResult  # noqa: E402
 from pytest_speedbench.metrics import run as M  # noqa: E402
 
 FAKE = Path(__file__).resolve().parent / "fakes" / "fake_vllm.py"
@@ -27,17 +29,9 @@ def records(name: str) -> tuple[RunRecords, dict]:
     doc = load(name)
     out = []
     for req in doc["requests"]:
-        parser, rec = VLLMParser(), RequestRecord(req["question_id"], req["category"], t_send=0.0)
-        for offset, data in sse_events(req["reads"]):
-            event = parser.parse(data.encode())
-            if event is None:
-                continue
-            if event.new_token_ids:
-                rec.chunk_times.append(offset)
-                rec.chunk_tokens.append(len(event.new_token_ids))
-                rec.output_ids.extend(event.new_token_ids)
-            if event.counters is not None:
-                rec.counters = event.counters
+        rec = RequestRecord(req["question_id"], req["category"], t_send=0.0)
+        events = [(offset, data.encode()) for offset, data in sse_events(req["reads"])]
+        records_from_stream(StreamResult(events, done=True), VLLMParser(), rec)
         out.append(rec)
     return RunRecords(out), doc
 
