@@ -1,22 +1,25 @@
 """False alarms of the regression gate on an unchanged commit: run the demo N times, compare
-every later run with the first using the documented default rules, count the failures.
+every pair of runs (the earlier one as the baseline) with the documented default rules, count the
+failures.
 
 Not collected by pytest (no test_ prefix). Example (the goal is 0 false alarms of 10):
 
     python benchmarks/bench_false_alarms.py --runs 10 --out /tmp/false-alarms
 
 Each run is `pytest benchmarks/ --speedbench-json=run-K.json` (the demo profile: bundled model
-and prompts, on CPU; extra pytest arguments after `--`). Then, for K = 2..N,
-`speedbench compare run-1.json run-K.json --fail RULES` (RULES = `gates.DEFAULT_RULES` unless
+and prompts, on CPU; extra pytest arguments after `--`). Then, for every pair J < K,
+`speedbench compare run-J.json run-K.json --fail RULES` (RULES = `gates.DEFAULT_RULES` unless
 --rules is given); exit code 1 is a false alarm, since nothing changed between the runs. The
 script prints each run's speedups with their intervals, each comparison's verdict line, and
-`false alarms: F of N-1`. A run whose case is marked unstable counts as "unstable", not as an
-alarm: the gate said it could not judge, which is the honest answer on a noisy machine.
+`false alarms: F of P comparisons of N runs` (P = N(N-1)/2). A run whose case is marked
+unstable counts as "unstable", not as an alarm: the gate said it could not judge, which is the
+honest answer on a noisy machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -64,7 +67,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="demo runs (the first is the baseline)")
     parser.add_argument("--out", type=Path, default=Path("false-alarms"), help="folder for the run files")
-    parser.add_argument("--rules", default=DEFAULT_RULES, help=f"compare rules (default {DEFAULT_RULES})")
+    parser.add_argument("--rules", default=DEFAULT_RULES,  # argparse %-formats help texts
+                        help=f"compare rules (default {DEFAULT_RULES.replace('%', '%%')})")
     parser.add_argument("--reuse", action="store_true", help="compare run files already in --out, run nothing")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments for each demo run (after --)")
     args = parser.parse_args()
@@ -78,13 +82,14 @@ def main() -> int:
         for line in speedup_lines(path):
             print(line, flush=True)
     alarms = unstable = 0
-    for path in paths[1:]:
-        code, verdict = compare(paths[0], path, args.rules)
+    pairs = list(itertools.combinations(paths, 2))  # every earlier run as the baseline of every later one
+    for base, run in pairs:
+        code, verdict = compare(base, run, args.rules)
         alarms += code == 1
         unstable += "unstable" in verdict
-        print(f"compare {paths[0].name} {path.name}: exit {code}: {verdict}", flush=True)
-    print(f"false alarms: {alarms} of {len(paths) - 1} (rules {args.rules}; comparisons with an unstable case: "
-          f"{unstable})")
+        print(f"compare {base.name} {run.name}: exit {code}: {verdict}", flush=True)
+    print(f"false alarms: {alarms} of {len(pairs)} comparisons of {len(paths)} runs (rules {args.rules}; "
+          f"comparisons with an unstable case: {unstable})")
     return 0
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from pytest_speedbench.settings.options import OPTIONS
@@ -18,3 +22,13 @@ def test_pytest_help_lists_every_speedbench_option(pytester: pytest.Pytester):
     # the literal percent signs of the rule example survive argparse's %-formatting
     assert "acceptance_length:-3%" in out
     assert "Traceback" not in result.stderr.str()
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks")
+                                          .glob("bench_*.py")))
+def test_every_benchmark_script_prints_its_help(script: str):
+    """The benchmark scripts' help texts quote the default rules (with %), like the plugin's."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / script),
+                           "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage:")
