@@ -90,7 +90,7 @@ def test_a_failed_preparation_skips_its_engine_once_with_the_reason(suite, pytes
     result = suite("-rs")
     result.assert_outcomes(skipped=4)
     result.stdout.fnmatch_lines([
-        "speedbench: llamacpp: building llama-server b* (once; ~4-7 min on 2 cores)",
+        "speedbench: llamacpp: building llama-server b* (once; ~4-8 min on 2 cores)",
         "   10% after * s",
         "speedbench: llamacpp: building llama-server b* failed: BuildError: `cmake --build` failed*",
     ])

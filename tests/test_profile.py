@@ -19,7 +19,7 @@ def test_no_options_is_the_demo_with_its_limits():
     s = build_settings({}, {}, SHIPPED)
     assert s.profile == "demo"
     assert s.engine == ["hf", "llamacpp"] and len(s.category) == 4 and s.num_prompts == 1
-    assert s.batch_sizes_for("llamacpp") == [1, 4]
+    assert s.drafter == ["none", "ngram"] and s.batch_sizes_for("llamacpp") == [1]
     # the demo's engines are not the user's: an engine that cannot run is skipped, not an error
     assert "engine" in s.from_profile and "engine" not in s.explicit
 
@@ -48,8 +48,11 @@ def test_the_profile_can_be_forced_on_or_off():
         build_settings({"profile": "nope"}, {}, SHIPPED)
 
 
-def test_command_line_beats_the_profile_also_in_its_engine_sections():
-    s = build_settings({"batch_size": "2", "num_prompts": "3"}, {}, SHIPPED)
+def test_command_line_beats_the_profile_also_in_its_engine_sections(tmp_path: Path):
+    cfg = tmp_path / "speedbench.yaml"
+    cfg.write_text("profiles:\n  demo:\n    num_prompts: 1\n    engines:\n      llamacpp:\n        batch_size: [1, 4]\n")
+    assert build_settings({}, {}, cfg).batch_sizes_for("llamacpp") == [1, 4]
+    s = build_settings({"batch_size": "2", "num_prompts": "3"}, {}, cfg)
     assert s.profile == "demo" and s.num_prompts == 3
     assert s.batch_sizes_for("llamacpp") == [2] and s.batch_sizes_for("hf") == [2]
 

@@ -189,7 +189,7 @@ def find_llama_server(env: dict[str, str] | None = None) -> Path:
     raise EngineNotInstalled(
         f"llama-server not found ({ENV_BINARY} unset, cache: {reason}, not on PATH); "
         f"build it once with `tox -e llama-server` or `{BUILD_COMMAND}` (llama.cpp b{BUILD_NUMBER}, "
-        "~4-7 min on 2 cores; needs cmake and a C++ compiler)"
+        "~4-8 min on 2 cores; needs cmake and a C++ compiler)"
     )
 
 
@@ -353,7 +353,7 @@ def build(
         layout.build_dir.mkdir(parents=True, exist_ok=True)
         layout.manifest.unlink(missing_ok=True)  # not valid again until this build succeeds
         say(f"[3/3] cmake build of {TARGET} with -j{jobs} (log: {layout.log}); "
-            "a fresh build takes ~4-7 min on 2 cores, an up-to-date tree seconds")
+            "a fresh build takes ~4-8 min on 2 cores, an up-to-date tree seconds")
         t0 = time.monotonic()
         with open(layout.log, "w") as log:
             for cmd in cmake_commands(layout, jobs):

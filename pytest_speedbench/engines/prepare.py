@@ -78,7 +78,7 @@ def llama_server_build(engine: str, model: str | None = None) -> Preparation | N
         llama_build.build(say=lambda msg: say(f"  {msg}"), echo=echo)
 
     return Preparation(engine, f"building llama-server b{llama_build.BUILD_NUMBER} into "
-                               f"{llama_build.cache_root()} (once; ~4-7 min on 2 cores)", run, installs=True)
+                               f"{llama_build.cache_root()} (once; ~4-8 min on 2 cores)", run, installs=True)
 
 
 def model_conversion(engine: str, model: str | None) -> Preparation | None:
