@@ -232,6 +232,19 @@ def test_drop_beyond_tolerance_inside_ci_is_noise_unless_strict():
                                         "strict: confidence interval not consulted")
 
 
+def test_speedup_rules_do_not_apply_to_the_ar_case_but_a_missing_speedup_of_an_sd_case_is_said():
+    """The default rules name speedup_user_tps; an AR (drafter=none) case has no speedup by
+    definition, so it gets no "not measured" note, while an SD case without one does."""
+    rules = gates.parse_fail_rules(gates.DEFAULT_RULES)
+    ar = {k: v for k, v in info(al=1.0, ci=(1.0, 1.0)).items() if not k.startswith("speedup_")}
+    v = gates.evaluate({**PARAMS, "drafter": "none"}, ar, rules=rules, baseline_extra_info=ar)
+    assert v.verdict == "pass" and v.reasons == []
+    assert [c.metric for c in v.checks] == ["acceptance_length"]
+    sd_missing = {k: v for k, v in info().items() if not k.startswith("speedup_")}
+    sd = gates.evaluate(PARAMS, sd_missing, rules=rules, baseline_extra_info=info())
+    assert "speedup_user_tps: not measured in this run; rule speedup_user_tps:-5% not checked" in sd.reasons
+
+
 def test_drop_within_tolerance_passes_and_identical_runs_pass():
     rules = gates.parse_fail_rules("acceptance_length:-3%,ttft_s.p99:+10%,output_tps:-5%,speedup_user_tps:-5%")
     v = gates.evaluate(PARAMS, info(al=2.36, ci=(2.37, 2.5)), rules=rules, baseline_extra_info=info(al=2.41))
