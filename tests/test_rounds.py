@@ -62,6 +62,20 @@ def test_rounds_that_disagree_mark_the_case_unstable():
     assert lo < 1.1 and hi > 1.9  # the interval covers both rounds, not one
 
 
+def test_rounds_that_differ_significantly_but_slightly_stay_stable():
+    """Steady prompts make a 3% round difference significant (as on the hf demo: 1.80 vs 1.74);
+    below the default speedup rule's 5% it cannot move a verdict, so the case stays stable. The
+    same F test at 12% apart marks it unstable."""
+    rng = np.random.default_rng(2)
+    base = rng.uniform(8, 12, size=4)
+    ar = base * rng.normal(1, 0.002, size=(2, 4))
+    for apart, verdict in ((0.03, "stable"), (0.12, "unstable")):
+        sd = 1.8 * base * np.array([[1.0], [1.0 - apart]]) * rng.normal(1, 0.002, size=(2, 4))
+        assert R.round_effect(sd, ar)["p"] < R.ROUNDS_ALPHA
+        st = R.assess_stability({"speedup_user_tps": R.ratio_of_means(sd, ar)}, 2.16, [1.73, 2.61], sd, ar)
+        assert st["verdict"] == verdict, (apart, st["reasons"])
+
+
 def test_implausible_speedup_for_the_al():
     reasons = R.implausible_speedups({"speedup_user_tps": 16.64, "speedup_output_tps": 2.0,
                                       "speedup_analytical": None}, 2.16, [2.1, 2.2])
