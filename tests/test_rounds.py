@@ -76,6 +76,19 @@ def test_rounds_that_differ_significantly_but_slightly_stay_stable():
         assert st["verdict"] == verdict, (apart, st["reasons"])
 
 
+def test_rounds_far_apart_are_unstable_even_when_the_test_has_no_power():
+    """A loaded machine, 2 rounds x 4 prompts: the per-prompt noise is so large that the F test
+    finds nothing (p > 0.01), yet rounds of 1.61 and 0.23 cannot both describe this commit."""
+    ar = np.array([[10.0, 12.0, 9.0, 11.0], [10.0, 12.0, 9.0, 11.0]])
+    sd = ar * np.array([[1.0, 3.0, 0.9, 1.8], [0.5, 0.1, 0.4, 0.2]])
+    effect = R.round_effect(sd, ar)
+    assert effect["p"] > R.ROUNDS_ALPHA
+    st = R.assess_stability({"speedup_user_tps": R.ratio_of_means(sd, ar)}, 2.16, [1.73, 2.61], sd, ar)
+    assert st["verdict"] == "unstable"
+    assert st["reasons"][0].startswith("rounds disagree: user-TPS speedup per round")
+    assert "the machine was not steady" in st["reasons"][0]
+
+
 def test_implausible_speedup_for_the_al():
     reasons = R.implausible_speedups({"speedup_user_tps": 16.64, "speedup_output_tps": 2.0,
                                       "speedup_analytical": None}, 2.16, [2.1, 2.2])

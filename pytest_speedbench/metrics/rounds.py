@@ -27,6 +27,10 @@ ROUNDS_ALPHA = 0.01
 #: finds a 3% round difference "significant" (seen on the hf demo), yet a difference below the
 #: default speedup rule's tolerance (5%) cannot move a verdict, so it does not make a case unstable
 ROUNDS_MIN_SPREAD = 0.05
+#: rounds further apart than this (max / min - 1) mark the case unstable whatever the F test says:
+#: with few prompts the test has little power (2 rounds x 4 prompts: 3 residual degrees of
+#: freedom), and a demo run on a loaded machine gave rounds of 1.61 and 0.23 with p > 0.01
+ROUNDS_MAX_SPREAD = 0.25
 SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
 
 
@@ -178,10 +182,12 @@ def implausible_speedups(speedups: dict[str, Any], al: float | None, al_ci: Sequ
 
 def assess_stability(speedups: dict[str, Any], al: float | None, al_ci: Sequence[float] | None,
                      sd: np.ndarray | None = None, ar: np.ndarray | None = None,
-                     alpha: float = ROUNDS_ALPHA, min_spread: float = ROUNDS_MIN_SPREAD) -> dict[str, Any]:
+                     alpha: float = ROUNDS_ALPHA, min_spread: float = ROUNDS_MIN_SPREAD,
+                     max_spread: float = ROUNDS_MAX_SPREAD) -> dict[str, Any]:
     """{verdict: stable|unstable, reasons, round_speedups_user_tps, round_effect}: unstable when a
-    speedup is implausible for the AL, or the rounds disagree beyond their spread (p < alpha)
-    by more than min_spread (max / min of the per-round speedups - 1)."""
+    speedup is implausible for the AL, when the rounds disagree beyond their spread (p < alpha)
+    by more than min_spread, or when they lie more than max_spread apart whatever the test says
+    (spread = max / min of the per-round speedups - 1)."""
     reasons = implausible_speedups(speedups, al, al_ci)
     effect = round_effect(sd, ar) if sd is not None and ar is not None else None
     per_round = round_speedups(sd, ar) if sd is not None and ar is not None else []
@@ -190,5 +196,8 @@ def assess_stability(speedups: dict[str, Any], al: float | None, al_ci: Sequence
         reasons.append("rounds disagree beyond their spread: user-TPS speedup per round "
                        + ", ".join(f"{s:.2f}" for s in per_round)
                        + f" ({spread:.0%} apart; round effect F={effect['f']:.3g}, p={effect['p']:.2g} < {alpha:g})")
+    elif spread > max_spread:
+        reasons.append("rounds disagree: user-TPS speedup per round " + ", ".join(f"{s:.2f}" for s in per_round)
+                       + f" ({spread:.0%} apart, more than {max_spread:.0%}): the machine was not steady")
     return {"verdict": "unstable" if reasons else "stable", "reasons": reasons,
             "rounds": len(per_round) or None, "round_speedups_user_tps": per_round, "round_effect": effect}
