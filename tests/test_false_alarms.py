@@ -54,3 +54,48 @@ def test_an_implausible_speedup_is_reported_unstable_not_failed(tmp_path, capsys
     assert code == 0, out
     assert "1 unstable (speedups not judged)" in out
     assert "not judged as a regression: case unstable in the baseline: speedup_user_tps 16.64 exceeds" in out
+
+
+#: real demo runs of one commit on a shared 2-core machine (`benchmarks/bench_false_alarms.py`),
+#: gzipped; fixtures/results/demo-cpu/README.md says how and when they were recorded
+DEMO_RUNS = sorted((RESULTS / "demo-cpu").glob("run-*.json.gz"))
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    import gzip
+
+    out = tmp_path_factory.mktemp("demo-cpu")
+    paths = []
+    for packed in DEMO_RUNS:
+        path = out / packed.name.removesuffix(".gz")
+        path.write_bytes(gzip.decompress(packed.read_bytes()))
+        paths.append(path)
+    return paths
+
+
+def test_recorded_demo_runs_are_noisy_real_runs(demo_runs: list[Path]):
+    """The recordings hold what the gate must tolerate: both real engines, SD accepted, and
+    speedups that moved between runs of the same commit."""
+    assert len(demo_runs) >= 4
+    speedups: dict[str, list[float]] = {}
+    for path in demo_runs:
+        doc = json.loads(path.read_text())
+        engines = {b["params"]["engine"] for b in doc["benchmarks"]}
+        assert engines == {"hf", "llamacpp"}
+        for bench in doc["benchmarks"]:
+            extra = bench["extra_info"]
+            if bench["params"]["drafter"] != "none":
+                assert extra["acceptance_length"] > 1
+                speedups.setdefault(bench["param"], []).append(extra["speedup_user_tps"])
+    spread = max(max(v) / min(v) for v in speedups.values())
+    assert spread > 1.05, f"no run-to-run noise in the recordings ({spread:.3f}): the test would prove nothing"
+
+
+@pytest.mark.parametrize("pair", [(i, j) for i in range(len(DEMO_RUNS)) for j in range(len(DEMO_RUNS)) if i != j],
+                         ids=lambda p: f"{p[0] + 1}-vs-{p[1] + 1}")
+def test_no_false_alarm_between_recorded_demo_runs(pair: tuple[int, int], demo_runs: list[Path], capsys):
+    """Every run against every other, either way round, passes the documented default rules."""
+    base, run = demo_runs[pair[0]], demo_runs[pair[1]]
+    code, out = _compare(capsys, base, run)
+    assert code == 0, out
