@@ -24,6 +24,9 @@ VIEWS: tuple[str, ...] = (TABLE, COMPARE, REPORT, JUNIT)
 #: a summary metric is an object {mean, std, p50, p90, p99}; a metric path names one statistic
 SUMMARY_STATS: tuple[str, ...] = ("mean", "std", "p50", "p90", "p99")
 HIGHER, LOWER, NEUTRAL = +1, -1, 0
+#: the speedups over the drafter=none twin (rows below, computed in metrics/speedup.py): defined
+#: for SD cases only, and the metrics a drift between the twin's and the case's measurement moves
+SPEEDUP_KEYS: tuple[str, ...] = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.metrics import stats
+from pytest_speedbench.metrics.catalogue import SPEEDUP_KEYS
 
 #: a measured speedup above AL x (1 + margin) is physically implausible: a verification step
 #: (drafting included) never costs less than one autoregressive step, so tokens per second can
@@ -31,7 +32,6 @@ ROUNDS_MIN_SPREAD = 0.05
 #: with few prompts the test has little power (2 rounds x 4 prompts: 3 residual degrees of
 #: freedom), and a demo run on a loaded machine gave rounds of 1.61 and 0.23 with p > 0.01
 ROUNDS_MAX_SPREAD = 0.25
-SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
 
 
 def _user_tps(r: RequestRecord) -> float | None:

@@ -13,10 +13,9 @@ import numpy as np
 
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.metrics import stats
+from pytest_speedbench.metrics.catalogue import SPEEDUP_KEYS
 from pytest_speedbench.metrics.request import request_e2e, request_tpot, request_user_tps
 from pytest_speedbench.metrics.run import _latency_rows, build_step_view
-
-SPEEDUP_KEYS = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
 
 
 def empty_speedups() -> dict[str, Any]:

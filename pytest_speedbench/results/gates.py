@@ -469,7 +469,7 @@ def evaluate(
         else:
             for rule in rules:
                 for path in rule.expand(baseline_extra_info, extra_info):
-                    if path.startswith("speedup_") and params.get("drafter") == "none":
+                    if path in catalogue.SPEEDUP_KEYS and params.get("drafter") == "none":
                         continue  # an AR case has no speedup: the rule is for its SD cases, not a gap here
                     checks.append(_rule_check(rule, path, extra_info, baseline_extra_info, strict))
     unstable = unstable_reason(extra_info, baseline_extra_info)
@@ -488,10 +488,6 @@ def evaluate(
     return Verdict(verdict, failed + notes, checks)
 
 
-#: metrics a drift between the AR twin's and the SD case's measurement can move
-DRIFT_SENSITIVE = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
-
-
 def unstable_reason(extra_info: Mapping[str, Any], baseline_extra_info: Mapping[str, Any] | None) -> str | None:
     """Why the speedups of this comparison cannot be judged: the current run's case, or the
     baseline's, was marked unstable when measured (`extra_info.stability`)."""
@@ -505,7 +501,7 @@ def unstable_reason(extra_info: Mapping[str, Any], baseline_extra_info: Mapping[
 
 def _as_unstable(check: Check, reason: str) -> Check:
     """A failed speedup check on an unstable case reports the instability, not a regression."""
-    if check.outcome != "fail" or check.metric not in DRIFT_SENSITIVE:
+    if check.outcome != "fail" or check.metric not in catalogue.SPEEDUP_KEYS:  # drift moves only these
         return check
     return replace(check, outcome="unstable", message=f"{check.message}; not judged as a regression: {reason}")
 

@@ -316,8 +316,7 @@ def plot_conditional_acceptance(frame: Any) -> Any | None:
 def plot_speedup_vs_batch(frame: Any) -> Any | None:
     """Measured speedups (user TPS, output TPS; 95% CI bars) and analytical speedup against batch size."""
     data = frame[frame["drafter"] != "none"] if "drafter" in frame else frame
-    metrics = [m for m in ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
-               if m in data and _num(data, m).notna().any()]
+    metrics = [m for m in catalogue.SPEEDUP_KEYS if m in data and _num(data, m).notna().any()]
     if data.empty or not metrics:
         return None
     data = _with_series(data)
