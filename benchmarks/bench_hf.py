@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
 from pytest_speedbench.engines.hf import HFEngine
-from pytest_speedbench.engines.models import load_tokenizer
+from pytest_speedbench.models import load_tokenizer
 
 PROMPTS = Path(__file__).resolve().parent.parent / "pytest_speedbench" / "data" / "bundled" / "qualitative.jsonl"
 

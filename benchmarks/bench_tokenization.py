@@ -74,7 +74,7 @@ def load_tokenizer(spec: str | None):
     if spec and Path(spec).is_dir() and (Path(spec) / "tokenizer.json").is_file():
         from transformers import PreTrainedTokenizerFast
         return PreTrainedTokenizerFast.from_pretrained(spec)
-    from pytest_speedbench.engines.models import load_tokenizer as models_load
+    from pytest_speedbench.models import load_tokenizer as models_load
     return models_load(spec)
 
 

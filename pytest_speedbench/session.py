@@ -20,14 +20,13 @@ from pytest_speedbench.metrics import speedup
 from pytest_speedbench.metrics.request import request_e2e
 from pytest_speedbench.measure.client import LoadSpec, Progress, run_load
 from pytest_speedbench.settings.options import Settings
-from pytest_speedbench.engines import DRAFTERS, get_spec
+from pytest_speedbench.engines import DRAFTERS, get_spec, parallel_args
 from pytest_speedbench.engines.base import Engine, EngineConfig
 from pytest_speedbench.engines.spec import engine_extra
 from pytest_speedbench.errors import EngineNotInstalled, UsageError
 from pytest_speedbench.settings.matrix import Case, Matrix, expand
 from pytest_speedbench.measure.records import RunRecords
-from pytest_speedbench.settings.workload import WorkloadCache
-from pytest_speedbench.xdist import parallel_args
+from pytest_speedbench.data.workload import WorkloadCache
 
 
 @dataclass

@@ -17,7 +17,7 @@ each GPU of the host should be busy. With `pytest -n N`:
 
 Tensor/pipeline/data parallel and multi-node settings live in speedbench.yaml's `engines:`
 section (`tensor_parallel`, `pipeline_parallel`, `data_parallel`, `nnodes`, `node_rank`,
-`dist_init_addr`); `parallel_args` turns them into each engine's own flags, the result entry
+`dist_init_addr`); `engines.parallel_args` turns them into each engine's own flags, the result entry
 records them, and a launched case that needs more GPUs than its worker has is skipped with
 that reason.
 """
@@ -32,8 +32,7 @@ from typing import Any
 
 import pytest
 
-from pytest_speedbench.engines import get_spec
-from pytest_speedbench.engines.spec import PARALLEL_ALIASES, PARALLEL_KEYS
+from pytest_speedbench.engines.spec import gpus_needed, parallel_settings
 from pytest_speedbench.errors import UsageError
 
 WORKER_INPUT_KEY = "speedbench_gpus"
@@ -42,33 +41,6 @@ GROUP_ENV = "SPEEDBENCH_XDIST_GROUP"
 GROUP_MODES = ("engine", "config")
 #: dist modes we replace with engine grouping (loadgroup included: see the module docstring)
 GROUPED_DIST_MODES = ("load", "loadscope", "loadgroup")
-
-# -- parallelism ------------------------------------------------------------------------------
-
-
-def parallel_settings(per_engine: Mapping[str, Any]) -> dict[str, Any]:
-    """The parallel keys of one engine's speedbench.yaml section, aliases resolved."""
-    out: dict[str, Any] = {}
-    for key, value in per_engine.items():
-        name = PARALLEL_ALIASES.get(key, key)
-        if name in PARALLEL_KEYS and value is not None:
-            out[name] = value if name == "dist_init_addr" else int(value)
-    return out
-
-
-def gpus_needed(parallel: Mapping[str, Any]) -> int:
-    """GPUs one node of the engine uses: tensor x pipeline x data parallel sizes."""
-    n = 1
-    for key in ("tensor_parallel", "pipeline_parallel", "data_parallel"):
-        n *= int(parallel.get(key, 1))
-    return n
-
-
-def parallel_args(engine: str, per_engine: Mapping[str, Any]) -> tuple[str, ...]:
-    """The engine's own command-line flags for the parallel settings (its EngineSpec's
-    parallel_flags); UsageError when it has none."""
-    return get_spec(engine).parallel_argv(parallel_settings(per_engine))
-
 
 # -- GPU lists ----------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""engines/cpu_compat.py: CUDA-only torchvision & co are hidden only beside a CPU-only torch."""
+"""cpu_compat.py: CUDA-only torchvision & co are hidden only beside a CPU-only torch."""
 
 from __future__ import annotations
 

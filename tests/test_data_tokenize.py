@@ -135,7 +135,7 @@ def test_backend_batch_encoding_matches_the_tokenizer_call(bos_tokenizer: Any) -
 @pytest.mark.slow
 def test_bundled_smollm_matches_transformers_own_templated_encoding() -> None:
     """With the real target tokenizer, our ids equal apply_chat_template(tokenize=True)."""
-    models = pytest.importorskip("pytest_speedbench.engines.models")
+    models = pytest.importorskip("pytest_speedbench.models")
     tok = models.load_tokenizer(None)
     p = _prompt(3, "Explain speculative decoding in one sentence.", "Now in French.")
     ids = PromptEncoder(tok).encode_first_turns([p])[0]

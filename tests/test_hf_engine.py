@@ -81,7 +81,7 @@ def _config(drafter: str, **kw: Any) -> EngineConfig:
 @pytest.fixture(scope="module")
 def prompt_ids() -> list[int]:
     pytest.importorskip("transformers")
-    from pytest_speedbench.engines.models import load_tokenizer
+    from pytest_speedbench.models import load_tokenizer
 
     tokenizer = load_tokenizer(None)
     ids = tokenizer.apply_chat_template(
@@ -146,7 +146,7 @@ def test_greedy_output_matches_plain_decoding(engines: Any, prompt_ids: list[int
 @pytest.mark.real_engine
 def test_separate_draft_model_path(engines: Any, prompt_ids: list[int], reference: list[int]) -> None:
     """The target as its own assistant: every greedy draft must be accepted."""
-    from pytest_speedbench.engines.models import resolve_model
+    from pytest_speedbench.models import resolve_model
 
     engine = engines("draft", draft_model=str(resolve_model(None).hf_dir))
     assert engine.assistant is not None and engine.info()["draft_model"].endswith("smollm2-135m")

@@ -1,4 +1,4 @@
-"""Run metrics: DESIGN.md's formulas on hand-computable and synthetic runs."""
+"""Run metrics: docs/metrics.md's formulas on hand-computable and synthetic runs."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_speedbench.engines import models
+from pytest_speedbench import models
 from pytest_speedbench.errors import UsageError
 
 

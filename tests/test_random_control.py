@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from pytest_speedbench.data.random_tokens import random_token_prompts, vocabulary
-from pytest_speedbench.measure.client import WorkItem
+from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.settings.matrix import expand, twin_of
 from pytest_speedbench.settings.options import build_settings
-from pytest_speedbench.settings.workload import WorkloadCache
+from pytest_speedbench.data.workload import WorkloadCache
 
 
 @pytest.fixture(scope="module")

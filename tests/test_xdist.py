@@ -11,18 +11,18 @@ from conftest import SUITE
 
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.settings.matrix import expand
-from pytest_speedbench.xdist import (
-    gpu_list, gpus_needed, parallel_args, parallel_settings, scope_map, scope_of, worker_gpus,
-)
+from pytest_speedbench.engines import parallel_args
+from pytest_speedbench.engines.spec import gpus_needed, parallel_settings
+from pytest_speedbench.xdist import gpu_list, scope_map, scope_of, worker_gpus
 
 
 # Stands in for the tokenizer/dataset (not under test here) and logs every engine start with
 # the CUDA_VISIBLE_DEVICES that a launched engine process would inherit.
 CONFTEST = '''
 import json, os
-from pytest_speedbench.measure.client import WorkItem
+from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.engines.sglang import SGLangEngine
-from pytest_speedbench.settings.workload import WorkloadCache
+from pytest_speedbench.data.workload import WorkloadCache
 
 WorkloadCache.items = lambda self, cfg: [WorkItem(f"p{i}", "coding", ("x",), (1, 2, i)) for i in range(3)]
 WorkloadCache.encoder = property(lambda self: None)

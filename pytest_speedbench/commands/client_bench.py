@@ -201,7 +201,8 @@ def measure_level(
 ) -> dict[str, Any]:
     """Drive the real client at one concurrency; returns the figures of that level."""
     from pytest_speedbench.metrics import run as metrics
-    from pytest_speedbench.measure.client import LoadSpec, WorkItem, run_load
+    from pytest_speedbench.measure.client import LoadSpec, run_load
+    from pytest_speedbench.data.schema import WorkItem
     from pytest_speedbench.engines.base import EngineConfig
     from pytest_speedbench.engines.sglang import SGLangEngine
 

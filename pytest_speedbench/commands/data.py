@@ -38,7 +38,7 @@ def load_tokenizer(spec: str) -> Any:
     if spec == "none":
         return None
     try:
-        from pytest_speedbench.engines.models import load_tokenizer as models_load
+        from pytest_speedbench.models import load_tokenizer as models_load
     except ImportError:
         models_load = None
     if models_load is not None and not _tokenizer_only_dir(spec):

@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from pytest_speedbench.engines import models
+from pytest_speedbench import models
 
 
 def register(sub: argparse._SubParsersAction) -> None:

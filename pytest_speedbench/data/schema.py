@@ -1,7 +1,7 @@
 """The SPEED-Bench row schema, shared by every loader, so the rest of the plugin sees one shape.
 
 Every source (the hub, a prepared directory, plain parquet/jsonl files, Spec-Bench, MT-bench, the
-bundled mini set) is turned into `Prompt` objects with DESIGN.md's columns: question_id,
+bundled mini set) is turned into `Prompt` objects with SPEED-Bench's columns: question_id,
 category, sub_category, turns, source, src_id, difficulty, multiturn.
 """
 
@@ -53,6 +53,17 @@ class Prompt:
             "sub_category": self.sub_category, "turns": list(self.turns), "source": self.source,
             "src_id": self.src_id, "difficulty": self.difficulty, "multiturn": self.multiturn,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One conversation as the client sends it: its first turn pre-tokenized (by data/workload.py),
+    later turns encoded at run time."""
+
+    prompt_id: str
+    category: str
+    turns: tuple[str, ...]
+    first_ids: tuple[int, ...]
 
 
 def check_config(config: str) -> str:

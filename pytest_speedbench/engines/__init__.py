@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 from importlib import metadata
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from pytest_speedbench.engines.base import Engine, EngineConfig
-from pytest_speedbench.engines.spec import EngineSpec
+from pytest_speedbench.engines.spec import EngineSpec, parallel_settings
 from pytest_speedbench.errors import UsageError, bad_value
 
 DRAFTERS: tuple[str, ...] = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
@@ -63,6 +65,12 @@ def get_spec(name: str) -> EngineSpec:
         return specs[name]
     except KeyError:
         raise bad_value("engine", name, specs) from None
+
+
+def parallel_args(engine: str, per_engine: Mapping[str, Any]) -> tuple[str, ...]:
+    """The engine's own command-line flags for the parallel settings of its `engines: <name>:`
+    section (its EngineSpec's parallel_flags); UsageError for a setting it cannot launch with."""
+    return get_spec(engine).parallel_argv(parallel_settings(per_engine))
 
 
 def engine_class(name: str) -> type[Engine]:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol
 import orjson
 
 from pytest_speedbench.errors import RequestError, UsageError
-from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.counters import Counters
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class ParsedEvent:
 
 
 def native_drafter(config: EngineConfig, names: Mapping[str, str], engine: str) -> str:
-    """The engine's own name for `config.drafter` (DESIGN.md's drafter table), or a UsageError
+    """The engine's own name for `config.drafter` (docs/architecture.md's drafter table), or a UsageError
     naming the drafters the engine has."""
     try:
         return names[config.drafter]

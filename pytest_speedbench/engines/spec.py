@@ -2,7 +2,7 @@
 
 Each engine module ends in `SPEC = EngineSpec(...)`; the registry (engines/__init__.py) is built
 from those SPECs plus the `pytest_speedbench.engines` entry-point group, so an engine defined in
-another distribution is one SPEC and one entry point. The matrix, the settings, the xdist
+another distribution is one SPEC and one entry point. The matrix, the settings, the
 parallel flags and the availability check all read the SPEC; nothing else lists engine facts.
 """
 
@@ -30,7 +30,8 @@ COMMON_OPTIONS: Mapping[str, str] = {
     "command": "launcher command instead of the default one (also: the engine's command env var)",
     "env": "extra environment variables for the launched server (a mapping)",
 }
-#: parallel settings (see xdist.py); the short spellings are aliases
+#: parallel settings (`parallel_settings`, `EngineSpec.parallel_argv`; xdist.py places them on
+#: GPUs); the short spellings are aliases
 PARALLEL_KEYS: tuple[str, ...] = (
     "tensor_parallel", "pipeline_parallel", "data_parallel", "nnodes", "node_rank", "dist_init_addr",
 )
@@ -39,6 +40,25 @@ PARALLEL_ALIASES: Mapping[str, str] = {
     "pp": "pipeline_parallel", "pp_size": "pipeline_parallel", "pipeline_parallel_size": "pipeline_parallel",
     "dp": "data_parallel", "dp_size": "data_parallel", "data_parallel_size": "data_parallel",
 }
+
+
+
+def parallel_settings(per_engine: Mapping[str, Any]) -> dict[str, Any]:
+    """The parallel keys of one engine's speedbench.yaml section, aliases resolved."""
+    out: dict[str, Any] = {}
+    for key, value in per_engine.items():
+        name = PARALLEL_ALIASES.get(key, key)
+        if name in PARALLEL_KEYS and value is not None:
+            out[name] = value if name == "dist_init_addr" else int(value)
+    return out
+
+
+def gpus_needed(parallel: Mapping[str, Any]) -> int:
+    """GPUs one node of the engine uses: tensor x pipeline x data parallel sizes."""
+    n = 1
+    for key in ("tensor_parallel", "pipeline_parallel", "data_parallel"):
+        n *= int(parallel.get(key, 1))
+    return n
 
 
 @dataclass(frozen=True)

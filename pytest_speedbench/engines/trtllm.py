@@ -7,7 +7,7 @@ Launch (one server per EngineConfig):
 
 The YAML (`--extra_llm_api_options`, spelled `--config` by newer releases, which accept both)
 turns block reuse off, so repeated prompts are prefilled every time, and maps the neutral
-drafter names (DESIGN.md) to `speculative_config`:
+drafter names (docs/architecture.md, "Drafters") to `speculative_config`:
 
     ngram  {decoding_type: NGram, max_draft_len: K, max_matching_ngram_size: 4}
            (+ top-level disable_overlap_scheduler: true, which NGram required in 1.0-1.1)
@@ -55,7 +55,7 @@ import orjson
 import yaml
 
 from pytest_speedbench.errors import EngineError, UsageError
-from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.counters import Counters
 from pytest_speedbench.engines.base import EngineConfig, HttpRequest, OpenAICompletionStream, ParsedEvent
 from pytest_speedbench.engines.base import SamplingParams, native_drafter, require_draft_model
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port

@@ -15,7 +15,7 @@ torchvision/torchaudio/torchcodec it pulls break transformers' imports); CPU def
 `--max-model-len 4096` are added unless engine_args name those flags.
 
 Prefix caching is off so repeated prompts (warmup, batch-size sweeps) are prefilled every
-time. `--speculative-config` maps the neutral drafter names (DESIGN.md):
+time. `--speculative-config` maps the neutral drafter names (docs/architecture.md):
 
     ngram  {"method": "ngram", "num_speculative_tokens": K, "prompt_lookup_max": 4, "prompt_lookup_min": 2}
     draft  {"method": "draft_model", "model": DRAFT, "num_speculative_tokens": K}
@@ -68,7 +68,7 @@ from typing import Any
 import orjson
 
 from pytest_speedbench.errors import EngineError, UsageError
-from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.counters import Counters
 from pytest_speedbench.engines.base import EngineConfig, HttpRequest, OpenAICompletionStream, ParsedEvent
 from pytest_speedbench.engines.base import SamplingParams, native_drafter, require_draft_model
 from pytest_speedbench.engines.lifecycle import ServerEngine, free_port
@@ -164,10 +164,10 @@ def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def local_models(config: EngineConfig) -> EngineConfig:
     """Resolve what vLLM cannot load itself: the bundled model (None or its alias) and GGUF
-    files become the cached safetensors folder (engines/models.py); drafter=draft without a
+    files become the cached safetensors folder (models.py); drafter=draft without a
     draft model on such a local model gets its layer-truncated draft (models.truncated_draft).
     Hub ids and folders pass through unchanged."""
-    from pytest_speedbench.engines import models
+    from pytest_speedbench import models
 
     spec = config.model
     local = spec is None or spec.lower() in models.BUNDLED_ALIASES or spec.endswith(".gguf")

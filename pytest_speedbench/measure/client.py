@@ -19,8 +19,10 @@ from typing import Any, Protocol
 
 from pytest_speedbench.engines import get_spec
 from pytest_speedbench.engines.base import Engine, HttpEngine, InProcessEngine, SamplingParams
+from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.errors import RequestError, SpeedbenchError
-from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
+from pytest_speedbench.engines.counters import Counters
+from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.measure import sharding
 from pytest_speedbench.measure.stream import ClientMeter, asyncio_run, cpu_per_event, stream_request
 from pytest_speedbench.measure.transport import StreamTransport, resolve_kind
@@ -43,16 +45,6 @@ class ConversationEncoder(Protocol):
     def encode_conversation(self, messages: list[dict[str, str]]) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """One conversation: its first turn pre-tokenized, later turns encoded at run time."""
-
-    prompt_id: str
-    category: str
-    turns: tuple[str, ...]
-    first_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Per-request quantities of one request turn: pure functions of a RequestRecord (DESIGN.md "Metric definitions").
+"""Per-request quantities of one request turn: pure functions of a RequestRecord (docs/metrics.md).
 
 For one request turn: send time t_s; chunks j = 0..n-1 arriving at t_j carrying L_j tokens;
 N = sum L_j. Chunk 0 is prefill's output, so decode steps seen in the stream are chunks 1..n-1;

@@ -1,4 +1,4 @@
-"""Run metrics from request records: pure functions, no I/O, no HTTP (DESIGN.md "Metric definitions").
+"""Run metrics from request records: pure functions, no I/O, no HTTP (docs/metrics.md).
 
 Per-request formulas live in request.py, decode-step reconciliation in steps.py, speedups in
 speedup.py, the list of metrics in catalogue.py.
@@ -34,7 +34,8 @@ from pytest_speedbench.metrics.request import (
     request_user_tps,
 )
 from pytest_speedbench.metrics.steps import SOURCE_CHUNKS, SOURCE_COUNTERS, StepCount
-from pytest_speedbench.measure.records import Counters, RequestRecord, RunRecords
+from pytest_speedbench.engines.counters import Counters
+from pytest_speedbench.measure.records import RequestRecord, RunRecords
 
 SOURCE_MIXED = "chunks+engine_counters"  # per request, some from each
 SOURCE_BURSTS = "engine_counters+bursts"  # counter step count, step lengths from event bursts
@@ -287,7 +288,7 @@ def _rates(view: StepView, hist_lengths: list[int] | None, hist_source: str | No
 def compute_run_metrics(
     run: RunRecords, *, draft_length: int | None = None, seed: int = 0, n_boot: int = 1000
 ) -> dict[str, Any]:
-    """DESIGN.md's `extra_info` metrics (speedups and gate excluded) for one run.
+    """The `extra_info` metrics (docs/metrics.md) (speedups and gate excluded) for one run.
 
     Warmup requests are ignored; requests with an error (or without any token) are excluded
     and counted. `draft_length` fixes gamma for the conditional acceptance rates and bounds the

@@ -1,6 +1,6 @@
 """Decode steps per request: one acceptance-length definition for every engine (pure maths).
 
-Definitions (DESIGN.md "Metric definitions"), for one request turn with chunks j = 0..n-1
+Definitions (docs/metrics.md), for one request turn with chunks j = 0..n-1
 carrying L_j tokens, N = sum L_j:
 - decode step: a target forward pass after the prefill token that emitted tokens for the
   request, drafted or not (a step with no draft emits 1 token); D = decode steps.
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pytest_speedbench.measure.records import Counters
+from pytest_speedbench.engines.counters import Counters
 
 SOURCE_CHUNKS = "chunks"
 SOURCE_COUNTERS = "engine_counters"

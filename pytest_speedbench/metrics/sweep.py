@@ -4,7 +4,7 @@ Inputs per batch size b: the drafter=none run (AR) and one SD run per draft leng
 its output TPS plus per-prompt totals from the saved per-request rows (turns of one prompt id
 summed): tok_r[p] = sum of N, e2e_r[p] = sum of E2E over the turns of prompt p in run r.
 
-Measured speedup (DESIGN.md): S_g = output_tps(SD, g) / output_tps(AR), or the case's own
+Measured speedup (docs/metrics.md): S_g = output_tps(SD, g) / output_tps(AR), or the case's own
 recorded output-TPS speedup when it has one (a session measuring SD and AR in interleaved rounds
 records the drift-cancelled ratio; the bootstrap below only rescales it).
 

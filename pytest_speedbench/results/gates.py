@@ -1,6 +1,6 @@
 """Regression gates: absolute thresholds and baseline comparison -> a verdict with reasons.
 
-Pure functions over `extra_info` dicts (DESIGN.md's "Results JSON"), so the plugin, the
+Pure functions over `extra_info` dicts (docs/metrics.md, "Results JSON"), so the plugin, the
 `speedbench compare` command and the tests share one implementation and no I/O happens here.
 
 Two kinds of check:

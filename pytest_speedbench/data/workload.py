@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_speedbench.measure.client import WorkItem
+from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.settings.options import Settings
 
 
@@ -114,6 +114,6 @@ def _load_tokenizer(spec: str | None) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(path)
-    from pytest_speedbench.engines.models import load_tokenizer
+    from pytest_speedbench.models import load_tokenizer
 
     return load_tokenizer(spec)
