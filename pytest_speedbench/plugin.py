@@ -91,9 +91,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     terminal = Terminal(session.config)
     for reason in speedbench.matrix.dropped:
         terminal.line(f"speedbench: not generated: {reason}", always=True)
+    for line in speedbench.baseline_lines:
+        terminal.line(line, always=True)
     problem = speedbench.nothing_to_measure(_cases(session.items))
     if problem is not None:
         raise pytest.UsageError(f"pytest-speedbench: {problem}")
+    option = session.config.option
+    speedbench.record.select([c.id for c in _cases(session.items)], speedbench.deselected,
+                             getattr(option, "keyword", None), getattr(option, "markexpr", None))
+    if speedbench.record.deselected:
+        terminal.line(f"speedbench: left out by the selection: {len(speedbench.record.deselected)} case(s): "
+                      + ", ".join(speedbench.record.deselected), always=True)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Remember the cases -k/-m/--deselect left out: the run records them, and a gate reports
+    them as left out rather than missing."""
+    cases = _cases(items)
+    if cases:
+        speedbench = items[0].config.stash.get(SESSION_KEY, None)
+        if speedbench is not None:
+            speedbench.deselected += [c.id for c in cases]
 
 
 def _cases(items: list[pytest.Item]) -> list[Case]:
@@ -174,10 +192,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     callspec = getattr(item, "callspec", None)
     case = callspec.params.get(CASE_FIXTURE) if callspec else None
-    if case is not None and report.failed and report.when in ("setup", "call"):
-        session = item.config.stash.get(SESSION_KEY, None)
-        if session is not None and not session.has_entry(item.nodeid):
+    session = item.config.stash.get(SESSION_KEY, None)
+    if case is not None and session is not None:
+        if report.failed and report.when in ("setup", "call") and not session.has_entry(item.nodeid):
             session.record_error(case, item.nodeid, item.name, _failure_reason(call, report))
+        if report.skipped and report.when == "setup":
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+            session.record.skip(case.id, reason.removeprefix("Skipped: "))
     return report
 
 
@@ -188,11 +209,25 @@ def _failure_reason(call: pytest.CallInfo[None], report: pytest.TestReport) -> s
     return str(report.longrepr).strip().splitlines()[-1]
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Stop AR twins kept up for interleaved rounds (and anything else still running)."""
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop AR twins kept up for interleaved rounds (and anything else still running); record how
+    the run ended; fail the session when a gated baseline case went missing."""
     speedbench = session.config.stash.get(SESSION_KEY, None)
-    if speedbench is not None:
-        speedbench.stop_engines()
+    if speedbench is None:
+        return
+    speedbench.stop_engines()
+    if exitstatus == pytest.ExitCode.USAGE_ERROR or not speedbench.book.entries:
+        return
+    if speedbench.finish(_interruption(session, exitstatus)) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _interruption(session: pytest.Session, exitstatus: int) -> str | None:
+    """Why the session stopped before its end, or None when it ran every selected test."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "interrupted (Ctrl-C, SIGTERM or pytest.exit)"
+    stop = session.shouldstop or session.shouldfail
+    return str(stop) if stop else None
 
 
 @pytest.hookimpl(trylast=True)
@@ -230,5 +265,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if session.first_result_s is not None:
         tr.write_line(f"speedbench: first result after {minutes(session.first_result_s)}, "
                       f"{len(session.book.entries)} case(s) in {minutes(time.monotonic() - session.started)}")
+    for line in session.finish_lines():
+        tr.write_line(line)
     for path in session.book.paths:
         tr.write_line(f"speedbench results saved to {path}")

@@ -23,10 +23,11 @@ from pytest_speedbench.settings.options import Settings
 from pytest_speedbench.engines import DRAFTERS, get_spec, parallel_args
 from pytest_speedbench.engines.base import Engine, EngineConfig
 from pytest_speedbench.engines.spec import engine_extra
-from pytest_speedbench.errors import EngineNotInstalled, UsageError
+from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError, UsageError
 from pytest_speedbench.settings.matrix import Case, Matrix, expand
 from pytest_speedbench.measure.records import RunRecords
 from pytest_speedbench.data.workload import WorkloadCache
+from pytest_speedbench.runrecord import RunRecord
 
 
 @dataclass
@@ -120,7 +121,11 @@ class SpeedbenchSession:
         self.started = time.monotonic()
         self.first_result_s: float | None = None
         self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
-        self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.engine_info})
+        self.record = RunRecord()
+        #: case ids -k/-m/--deselect removed (pytest_deselected)
+        self.deselected: list[str] = []
+        self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.engine_info,
+                                                    "run": self.record.section})
         self._init_gates()
         self.preflight()
 
@@ -142,8 +147,16 @@ class SpeedbenchSession:
         self.rules = rules_from_settings(s.fail, s.sections)
         self.thresholds = parse_thresholds(s.sections)
         self.baseline: dict[str, Any] | None = None
+        #: what --speedbench-compare resolved to (for `latest`: the runs it passed over, and why)
+        self.baseline_lines: list[str] = []
         if s.compare:
-            self.baseline = self.book.storage.load(s.compare)
+            if s.compare == "latest":
+                self.baseline_lines = self.book.storage.latest().lines("baseline latest")
+            path = self.book.storage.resolve(s.compare)
+            self.baseline = self.book.storage.load(path)
+            self.record.section["baseline"] = str(path)
+            if not self.baseline_lines:
+                self.baseline_lines = [f"speedbench: baseline {s.compare} = {path}"]
 
     def header_lines(self) -> list[str]:
         """The session header: which profile, which prompts and how many per category."""
@@ -491,11 +504,14 @@ class SpeedbenchSession:
         except BaseException as exc:
             self.record_error(case, nodeid, name, f"{type(exc).__name__}: {exc}")
             raise
-        from pytest_speedbench.results.gates import evaluate, find_baseline
+        from pytest_speedbench.results.gates import FINGERPRINT_KEY, evaluate, find_baseline
 
+        extra[FINGERPRINT_KEY] = self.fingerprint(case)
+        s = self.settings
         verdict = evaluate(
             case.params(), extra, thresholds=self.thresholds, rules=self.rules,
-            baseline_extra_info=find_baseline(self.baseline, case.params(), name), strict=self.settings.strict,
+            baseline_extra_info=find_baseline(self.baseline, case.params(), name), strict=s.strict,
+            allow_missing=s.allow_missing, allow_change=s.allow_change,
         )
         failures = self.request_failures(run) + [c.message for c in verdict.checks if c.failed]
         repeat = extra.get("repeat_check") or {}
@@ -511,6 +527,26 @@ class SpeedbenchSession:
             self.config.hook.pytest_speedbench_case_finished(config=self.config, case=case, entry=entry)
         self._store(entry)
         return CaseResult(case, entry, failures)
+
+    def fingerprint(self, case: Case) -> dict[str, str]:
+        """Everything besides the code under test that changes this case's numbers
+        (results/fingerprint.py): a gate refuses to compare cases whose fingerprints differ."""
+        from pytest_speedbench.results import fingerprint as fp
+
+        s, key = self.settings, self.engine_key(case)
+        config, info = self.engine_config(key), self.engine_info.get(key, {})
+        version = info.get("version") or ", ".join(
+            f"{k} {info[k]}" for k in ("transformers", "torch") if info.get(k)) or None
+        items = self.workload.items(case.dataset_config)
+        return fp.make(
+            output_len=s.output_len, ignore_eos=self.load_spec(case).ignore_eos,
+            dataset=fp.dataset_identity(s.dataset, case.dataset_config, items), num_prompts=s.num_prompts,
+            model=config.model or "bundled default", engine=case.engine, engine_version=version,
+            drafter=case.drafter, draft_length=config.draft_length if case.is_speculative else None,
+            draft_model=config.draft_model if case.is_speculative else None,
+            rounds=s.rounds if self.interleaves(case) else 1, temperature=case.temperature,
+            hardware=fp.hardware(self.book.machine_info(self.config)),
+        )
 
     def _entry(self, case: Case, nodeid: str, name: str, e2e: list[float], extra: dict[str, Any]) -> dict[str, Any]:
         from pytest_speedbench.results.document import benchmark_entry
@@ -534,6 +570,41 @@ class SpeedbenchSession:
         if self.config is not None:
             self.config.hook.pytest_speedbench_results(config=self.config, document=document)
         self.book.save(document)
+
+    def finish(self, interrupted: str | None) -> bool:
+        """Record the run's final status and save; check the baseline's cases against this run
+        when gating. True when the gate must fail the session: a baseline case went missing."""
+        entries = list(self.book.entries.values())
+        self.record.finish(entries, interrupted)
+        missing = False
+        if self.baseline is not None and self.rules:
+            gaps = self.record.check_baseline(self.baseline, entries)
+            missing = any(not g.allowed for g in gaps) and not self.settings.allow_missing
+        try:
+            self.book.save(self.book.document(self.config))
+        except SpeedbenchError as exc:  # e.g. a full disk: the cases saved before stay whole
+            self.record.section["save_error"] = str(exc)
+        return missing
+
+    def finish_lines(self) -> list[str]:
+        """The run's status and, when gated, the baseline cases this run lacks."""
+        section = self.record.section
+        lines = [f"speedbench: run {section['status']}" + (f": {section['reason']}" if section.get("reason") else "")]
+        if section.get("save_error"):
+            lines.append(f"speedbench: the run's final status was not saved: {section['save_error']}")
+        gaps = self.record.gaps
+        failing = [g for g in gaps if not g.allowed]
+        if failing:
+            allowed = self.settings.allow_missing
+            lines.append(f"speedbench: {'ALLOWED' if allowed else 'FAILED'}: {len(failing)} baseline case(s) "
+                         f"missing from this run (missing means failed"
+                         + ("; --speedbench-allow-missing accepts it)" if not allowed else ")"))
+            lines += [f"  {g.message()}" for g in failing]
+        left = [g for g in gaps if g.allowed]
+        if left:
+            lines.append(f"speedbench: not gated, {len(left)} baseline case(s) left out by the selection:")
+            lines += [f"  {g.message()}" for g in left]
+        return lines
 
     def summary_lines(self) -> list[str]:
         from pytest_speedbench.results.table import render
@@ -626,6 +697,12 @@ class ResultsBook:
 
     def add(self, entry: dict[str, Any]) -> None:
         self.entries[entry["fullname"]] = entry
+
+    def machine_info(self, config: Any = None) -> dict[str, Any]:
+        """The run's machine info (through the firstresult hook under pytest), gathered once."""
+        if self._machine is None:
+            self.document(config)
+        return self._machine or {}
 
     def document(self, config: Any = None) -> dict[str, Any]:
         """The results document; under pytest (`config`) through the firstresult hooks, so a

@@ -36,8 +36,11 @@ def test_regression_fails_with_precise_reasons(capsys):
     assert header in out
     # AR and ngram cases did not regress on AL
     assert "sglang-ngram-qualitative-bs1-t0  [PASS]" in out
+    # the regressed run also lacks a case the baseline measured: missing means failed, named
+    assert "INCOMPLETE: 0003_regressed: sglang-ngram-throughput-1k-bs64-t0: measured in the baseline, not in this run" \
+        in out.splitlines()
     assert out.rstrip().endswith("15 cases, 14 verdicts: 5 failed, 9 passed, 0 not gated; "
-                                 "1 missing from a compared run")
+                                 "1 missing from a compared run; gate incomplete: 1 problem(s)")
 
 
 def test_noise_run_passes_and_identical_runs_pass(capsys):
@@ -45,8 +48,9 @@ def test_noise_run_passes_and_identical_runs_pass(capsys):
     assert code == 0, out
     assert "failed" in out and " 0 failed" in out
     code, out, _ = run(capsys, BASE, BASE, "--fail", RULES, "--strict")
-    assert code == 0
+    assert code == 3  # a run compared with itself gates nothing
     assert "15 cases, 15 verdicts: 0 failed, 15 passed" in out
+    assert "INCOMPLETE: 0001_baseline#2 is the baseline itself: nothing to gate" in out.splitlines()
 
 
 def test_change_inside_ci_is_noise_unless_strict(capsys):
@@ -114,8 +118,12 @@ def test_cases_missing_from_baseline_are_reported_not_failed(capsys, tmp_path):
     only_missing["benchmarks"] = [b for b in doc["benchmarks"] if b["params"]["drafter"] != "eagle3"]
     base.write_text(json.dumps(only_missing))
     code, out, _ = run(capsys, str(base), REGRESSED, "--fail", "acceptance_length:-3%")
-    assert code == 0, out
+    assert code == 3, out  # nothing regressed, but a baseline case is missing from the run
     assert "5 missing from the baseline" in out
+    code, out, _ = run(capsys, str(base), REGRESSED, "--fail", "acceptance_length:-3%", "--allow-missing")
+    assert code == 0, out
+    assert "note: 0003_regressed: sglang-ngram-throughput-1k-bs64-t0: measured in the baseline, not in this run" \
+        in out.splitlines()
 
 
 def test_thresholds_from_config_on_a_single_run(capsys, tmp_path):
@@ -161,10 +169,45 @@ def test_latest_and_run_numbers_resolve_in_storage(capsys, tmp_path):
     storage = results.Storage(tmp_path / "store")
     storage.folder.mkdir(parents=True)
     for name in ("0001_baseline.json", "0003_regressed.json"):
-        (storage.folder / name).write_text((RESULTS / name).read_text())
-    code, out, _ = run(capsys, "1", "latest", "--storage", str(tmp_path / "store"), "--fail", "acceptance_length:-3%")
+        doc = json.loads((RESULTS / name).read_text())
+        doc["speedbench"]["run"] = {"status": "complete", "reason": ""}
+        (storage.folder / name).write_text(json.dumps(doc))
+    code, out, err = run(capsys, "1", "latest", "--storage", str(tmp_path / "store"), "--fail", "acceptance_length:-3%")
     assert code == 1
-    assert "0001_baseline" in out.splitlines()[1] and "0003_regressed" in out.splitlines()[1]
+    assert out.splitlines()[:2] == ["baseline 0001_baseline: complete", "run 0003_regressed: complete"]
+    assert any("0001_baseline" in line and "0003_regressed" in line for line in out.splitlines()[3:6])
+    assert err.splitlines() == ["latest = 0003_regressed.json"]
+
+
+def test_latest_passes_over_a_broken_run_and_the_gate_fails_saying_why(capsys, tmp_path):
+    """A night whose engine never started is saved as failed; `latest` is then the previous
+    complete run, and a gate on `latest` fails (exit 3) naming the broken run and its cause."""
+    from pytest_speedbench.results.document import Storage
+
+    storage = Storage(tmp_path / "store")
+    storage.folder.mkdir(parents=True)
+    doc = json.loads(Path(BASE).read_text())
+    doc["speedbench"]["run"] = {"status": "complete", "reason": ""}
+    (storage.folder / "0001_a.json").write_text(json.dumps(doc))
+    dead = copy.deepcopy(doc)
+    error = "EngineError: cannot reach SGLang server at http://127.0.0.1:9: [Errno 111] Connection refused"
+    dead["benchmarks"] = [{**doc["benchmarks"][0], "extra_info": {"error": error,
+                                                                   "gate": {"verdict": "fail", "reasons": [error]}}}]
+    dead["speedbench"]["run"] = {"status": "failed", "reason": f"1 of 1 case(s) errored; x: {error}"}
+    (storage.folder / "0002_b.json").write_text(json.dumps(dead))
+    store = ["--storage", str(tmp_path / "store"), "--fail", "acceptance_length:-3%"]
+    code, out, err = run(capsys, "1", "latest", *store)
+    assert code == 3
+    assert err.splitlines()[0] == "latest = 0001_a.json"
+    assert "skipped 0002_b.json: failed (1 of 1 case(s) errored; x: " + error + ")" in err
+    assert "INCOMPLETE: 0001_a#2 is the baseline itself: nothing to gate (0002_b.json: failed" in out
+    # the broken run named by number: its errored case and the 14 it never ran fail the gate
+    code, out, _ = run(capsys, "1", "2", *store)
+    assert code == 3
+    assert "run 0002_b: failed: 1 of 1 case(s) errored" in out
+    assert f"INCOMPLETE: 0002_b: {doc['benchmarks'][0]['param']}: measured in the baseline, errored in this run " \
+           f"({error})" in out.splitlines()
+    assert sum(line.startswith("INCOMPLETE: 0002_b: ") and "not in this run" in line for line in out.splitlines()) == 14
 
 
 def _pytest_benchmark(*argv: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -155,8 +155,12 @@ def test_signal_mid_run_keeps_measured_results_and_leaves_no_process(signum, pyt
             proc.kill()
             proc.wait()
     assert proc.returncode != 0, output
-    entries = json.loads(out.read_text())["benchmarks"]  # whole, valid JSON
+    saved = json.loads(out.read_text())
+    entries = saved["benchmarks"]  # whole, valid JSON
     assert entries[0]["param"] == "sglang-none-qualitative-bs1-t0" and entries[0]["extra_info"]["num_requests"] > 0
+    # never complete, so `latest` passes over it: Ctrl-C is recorded, SIGTERM leaves "running"
+    status = saved["speedbench"]["run"]["status"]
+    assert status == ("interrupted" if signum == signal.SIGINT else "running"), (status, output)
     assert [p.name for p in pytester.path.iterdir() if p.name.startswith(".out.json")] == []
     time.sleep(0.5)
     leftovers = []

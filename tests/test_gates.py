@@ -242,7 +242,13 @@ def test_speedup_rules_do_not_apply_to_the_ar_case_but_a_missing_speedup_of_an_s
     assert [c.metric for c in v.checks] == ["acceptance_length"]
     sd_missing = {k: v for k, v in info().items() if not k.startswith("speedup_")}
     sd = gates.evaluate(PARAMS, sd_missing, rules=rules, baseline_extra_info=info())
-    assert "speedup_user_tps: not measured in this run; rule speedup_user_tps:-5% not checked" in sd.reasons
+    assert sd.verdict == "fail"  # missing means failed: the baseline measured a speedup, this run did not
+    assert [(c.kind, c.metric) for c in sd.checks if c.failed] == [("missing", "speedup_user_tps")]
+    assert ("speedup_user_tps: measured in the baseline (1.80) but not in this run; rule speedup_user_tps:-5% "
+            "cannot pass (--allow-missing accepts it)") in sd.reasons
+    allowed = gates.evaluate(PARAMS, sd_missing, rules=rules, baseline_extra_info=info(), allow_missing=True)
+    assert allowed.verdict == "pass"
+    assert "speedup_user_tps: not measured in this run; rule speedup_user_tps:-5% not checked" in allowed.reasons
 
 
 def test_drop_within_tolerance_passes_and_identical_runs_pass():

@@ -137,8 +137,8 @@ def test_regression_fails_exactly_the_drafter_test(bench, fake_sglang, pytester:
     # `speedbench compare` gates on its own over the same two files, with the same message.
     code, text = compare(str(saved[0]), str(run2), "--fail", rules, capsys=capsys)
     assert code == 1 and al_msg in text
-    code, _ = compare(str(saved[0]), str(saved[0]), "--fail", rules, capsys=capsys)
-    assert code == 0
+    code, text = compare(str(saved[0]), str(saved[0]), "--fail", rules, capsys=capsys)
+    assert code == 3 and "is the baseline itself: nothing to gate" in text  # a run against itself gates nothing
 
 
 def test_same_process_passes_identical_and_within_noise(bench, fake_sglang, pytester: pytest.Pytester, capsys):

@@ -31,8 +31,10 @@ def entry(e2e=(0.5, 0.7, 0.6), **extra):
     return R.benchmark_entry(NAME, FULLNAME, "vllm qualitative", PARAMS, list(e2e), info, {"warmup": 2})
 
 
-def document(*entries, commit=COMMIT):
-    return R.results_document(list(entries) or [entry()], {"config": {"engines": ["vllm"]}}, machine=MACHINE, commit=commit)
+def document(*entries, commit=COMMIT, status="complete", reason=""):
+    run = {"status": status, "reason": reason}
+    return R.results_document(list(entries) or [entry()], {"config": {"engines": ["vllm"]}, "run": run},
+                              machine=MACHINE, commit=commit)
 
 
 # --- machine and commit info --------------------------------------------------------------
@@ -244,6 +246,32 @@ def test_storage_load(tmp_path):
     assert "'0009'" in message and "0001_01234567_" in message and "0003_01234567_" in message
     with pytest.raises(UsageError, match="Available runs: none"):
         R.Storage(tmp_path / "empty").load("latest")
+
+
+def test_latest_is_the_newest_complete_run_and_names_the_runs_it_passed_over(tmp_path):
+    storage = R.Storage(tmp_path)
+    storage.save(document(entry(e2e=[1.0])))
+    storage.save(document(entry(e2e=[2.0])))
+    storage.save(document(entry(e2e=[3.0]), status="failed", reason="1 of 1 case(s) errored; x: EngineError: refused"))
+    storage.save(document(entry(e2e=[4.0]), status="interrupted", reason="interrupted (Ctrl-C)"))
+    storage.save(document(entry(e2e=[5.0]), status="running"))
+    legacy = document(entry(e2e=[6.0]))
+    del legacy["speedbench"]["run"]
+    storage.save(legacy)
+    assert storage.load("latest")["benchmarks"][0]["stats"]["min"] == 2.0
+    pick = storage.latest()
+    assert pick.path.name.startswith("0002_")
+    assert [(p.name[:4], why.split(" ")[0]) for p, why in pick.skipped] == [
+        ("0006", "unknown"), ("0005", "running"), ("0004", "interrupted"), ("0003", "failed")]
+    lines = pick.lines("baseline latest")
+    assert lines[0] == f"speedbench: baseline latest = {pick.path.name}"
+    assert any("0003_" in line and "failed (1 of 1 case(s) errored; x: EngineError: refused)" in line
+               for line in lines[1:])
+    assert any("0005_" in line and "never finished" in line for line in lines[1:])
+    only_broken = R.Storage(tmp_path / "broken")
+    only_broken.save(document(status="failed", reason="engine never started"))
+    with pytest.raises(UsageError, match="no complete run .*failed \\(engine never started\\)"):
+        only_broken.load("latest")
 
 
 def test_storage_save_failure_releases_reservation(tmp_path, monkeypatch):

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.metrics import catalogue
-from pytest_speedbench.results import gates
+from pytest_speedbench.results import coverage, fingerprint, gates, status
+from pytest_speedbench.results.document import Storage
+from pytest_speedbench.results.status import Pick
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.results.export import Run, case_id, load_runs
 from pytest_speedbench.commands import RESULTS_HELP, results_command
@@ -61,6 +63,8 @@ def compare_runs(
     thresholds: Sequence[gates.Threshold] = (),
     strict: bool = False,
     metrics: Sequence[str] | None = None,
+    allow_missing: bool = False,
+    allow_change: Sequence[str] = (),
 ) -> list[CaseComparison]:
     """Pure comparison of loaded runs: cases in first-seen order across runs.
 
@@ -94,7 +98,8 @@ def compare_runs(
                 comp.verdicts.append(None)
                 continue
             comp.verdicts.append(gates.evaluate(comp.params, info, thresholds=thresholds, rules=rules,
-                                                baseline_extra_info=infos[0], strict=strict))
+                                                baseline_extra_info=infos[0], strict=strict,
+                                                allow_missing=allow_missing, allow_change=allow_change))
         if thresholds and len(runs) == 1 and infos[0] is not None:
             comp.verdicts.append(gates.evaluate(comp.params, infos[0], thresholds=thresholds))
         # every checked metric gets a row, e.g. per-category AL from a category threshold
@@ -163,8 +168,10 @@ def _reasons(comp: CaseComparison, labels: Sequence[str]) -> list[str]:
 
 
 def render(comparisons: Sequence[CaseComparison], labels: Sequence[str], fmt: str, *,
-           gated: bool, rules_text: str = "") -> str:
-    """The report in `fmt` (table | markdown | csv)."""
+           gated: bool, rules_text: str = "", preamble: Sequence[str] = (), problems: Sequence[str] = ()) -> str:
+    """The report in `fmt` (table | markdown | csv); `preamble` (each run's status) opens a table or
+    markdown report, `problems` (why the gate is incomplete) closes it, before the summary line.
+    csv carries neither: it is data."""
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -185,6 +192,9 @@ def render(comparisons: Sequence[CaseComparison], labels: Sequence[str], fmt: st
         lines += [f"# speedbench compare: {' vs '.join(labels)}", ""]
         if rules_text:
             lines += [f"Rules: `{rules_text}`", ""]
+        lines += [f"- {p}" for p in preamble] + ([""] if preamble else [])
+    else:
+        lines += list(preamble) + ([""] if preamble else [])
     for comp in comparisons:
         headers, body = _rows(comp, labels, gated)
         status = _case_status(comp, labels)
@@ -202,7 +212,11 @@ def render(comparisons: Sequence[CaseComparison], labels: Sequence[str], fmt: st
             lines += _text_table(headers, body)
             lines += [f"  ! {r}" for r in _reasons(comp, labels)]
             lines.append("")
-    lines.append(summary_line(comparisons))
+    if problems:
+        lines += [f"- {p}" for p in problems] if fmt == "markdown" else list(problems)
+        lines.append("")
+    lines.append(summary_line(comparisons) + (f"; gate incomplete: {sum(p.startswith('INCOMPLETE') for p in problems)} "
+                                              "problem(s)" if any(p.startswith("INCOMPLETE") for p in problems) else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +250,53 @@ def _thresholds_from(config: str | None) -> tuple[list[gates.Threshold], list[ga
     return gates.parse_thresholds(sections), gates.rules_from_settings(None, sections)
 
 
+#: exit codes of `speedbench compare` (docs/gates.md)
+EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
+
+
+@dataclass
+class GateProblems:
+    """Why a comparison could not gate everything: each a line; `allowed` ones are only notes."""
+
+    failing: list[str] = field(default_factory=list)
+    allowed: list[str] = field(default_factory=list)
+
+    def add(self, text: str, allowed: bool) -> None:
+        (self.allowed if allowed else self.failing).append(text)
+
+    def lines(self) -> list[str]:
+        out = [f"INCOMPLETE: {t}" for t in self.failing]
+        return out + [f"note: {t}" for t in self.allowed]
+
+
+def run_problems(runs: Sequence[Run], picks: Mapping[int, Pick], *, allow_missing: bool) -> GateProblems:
+    """What makes the compared runs unfit to gate: a run compared with itself, a compared run that is
+    not complete, `latest` having passed over newer broken runs, baseline cases a run lacks."""
+    problems = GateProblems()
+    base = runs[0]
+    for i, r in enumerate(runs[1:], start=1):
+        if r.path.resolve() == base.path.resolve():
+            problems.add(f"{r.label} is the baseline itself: nothing to gate"
+                         + (f" ({'; '.join(f'{p.name}: {w}' for p, w in picks[i].skipped)} passed over by 'latest')"
+                            if i in picks and picks[i].skipped else ""), False)
+            continue
+        if i in picks and picks[i].skipped:
+            skipped = "; ".join(f"{p.name}: {why}" for p, why in picks[i].skipped)
+            problems.add(f"'latest' picked {r.label}, passing over newer runs that are not complete: {skipped}",
+                         allow_missing)
+        state, reason = status.status_of(r.doc)
+        if state not in (status.COMPLETE, status.UNKNOWN):
+            problems.add(f"{r.label} is {state}" + (f": {reason}" if reason else ""), allow_missing)
+        for gap in coverage.gaps(base.doc, r.doc.get("benchmarks") or [], left_out=coverage.left_out_of(r.doc)):
+            problems.add(f"{r.label}: {gap.message()}", allow_missing or gap.allowed)
+    return problems
+
+
+def status_lines(runs: Sequence[Run]) -> list[str]:
+    """One line per run: its label and status (with the reason when not complete)."""
+    return [f"{'baseline' if i == 0 else 'run'} {r.label}: {status.describe(r.doc)}" for i, r in enumerate(runs)]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.format not in FORMATS:  # argparse checks choices; kept for programmatic callers
         raise UsageError(f"unknown format {args.format!r}; valid formats: {', '.join(FORMATS)}")
@@ -244,17 +305,44 @@ def run(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else catalogue.paths(catalogue.COMPARE)
     for m in metrics:
         gates.check_metric(m, "--metrics")
+    allow_change = fingerprint.check_fields(_split(args.allow_change), "--allow-change")
+    storage = Storage(args.storage)
+    picks = {i: storage.latest() for i, ref in enumerate(args.results) if str(ref) == "latest"}
+    for pick in picks.values():  # the terminal names the run `latest` picked and those it passed over
+        for line in pick.lines():
+            print(line.removeprefix("speedbench: "), file=sys.stderr)
     runs = load_runs(args.results, args.storage)
     if len(runs) < 2 and not thresholds:
         raise UsageError("compare needs a baseline and at least one run (or --config with thresholds for one run)")
-    comparisons = compare_runs(runs, rules=rules, thresholds=thresholds, strict=args.strict, metrics=metrics)
+    comparisons = compare_runs(runs, rules=rules, thresholds=thresholds, strict=args.strict, metrics=metrics,
+                               allow_missing=args.allow_missing, allow_change=allow_change)
+    problems = run_problems(runs, picks, allow_missing=args.allow_missing) if rules and len(runs) > 1 \
+        else GateProblems()
     text = render(comparisons, [r.label for r in runs], args.format, gated=bool(rules or thresholds),
-                  rules_text=",".join(r.text for r in rules))
+                  rules_text=",".join(r.text for r in rules),
+                  preamble=status_lines(runs), problems=problems.lines())
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    return 1 if any(c.failed for c in comparisons) else 0
+    return exit_code(comparisons, problems)
+
+
+def exit_code(comparisons: Sequence[CaseComparison], problems: GateProblems) -> int:
+    """1 when a measured case regressed (a rule or threshold broken); else 3 when the gate is
+    incomplete (a baseline case absent, errored or unmeasured, settings changed, a run not
+    complete, a run compared with itself); else 0."""
+    failed = [c for comp in comparisons for v in comp.verdicts if v is not None for c in v.checks if c.failed]
+    if any(c.kind in ("rule", "threshold") for c in failed):
+        return EXIT_REGRESSION
+    return EXIT_INCOMPLETE if failed or problems.failing else EXIT_PASS
+
+
+def _split(raw: Any) -> list[str]:
+    if not raw:
+        return []
+    items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+    return [str(i).strip() for i in items if str(i).strip()]
 
 
 def register(subparsers: Any) -> None:

@@ -28,6 +28,7 @@ from pytest_benchmark.stats import Stats
 
 from pytest_speedbench import __version__
 from pytest_speedbench.errors import SpeedbenchError, UsageError
+from pytest_speedbench.results.status import Pick, pick_latest
 
 try:  # orjson is a declared dependency; json keeps the module importable without it
     import orjson
@@ -373,14 +374,19 @@ class Storage:
             raise
 
     def resolve(self, ref: str | os.PathLike[str]) -> Path:
-        """A saved run from a path, 'latest', or its number ('0003' or '3')."""
+        """A saved run from a path, 'latest' (the newest complete run, see `latest`), or its number
+        ('0003' or '3')."""
         ref_str = str(ref)
         candidate = Path(ref_str)
         if candidate.is_file():
             return candidate
         runs = self.runs()
         if ref_str == "latest" and runs:
-            return runs[-1]
+            pick = self.latest()
+            if pick.path is not None:
+                return pick.path
+            raise UsageError(f"'latest': no complete run in {self.folder}; "
+                             + "; ".join(f"{p.name}: {why}" for p, why in pick.skipped))
         if ref_str.isdigit():
             matches = [p for p in runs if int(p.name[:4]) == int(ref_str)]
             if len(matches) == 1:
@@ -390,6 +396,17 @@ class Storage:
             f"no saved run {ref_str!r} in {self.folder}; give a file path, 'latest' or a run number. "
             f"Available runs: {available}"
         )
+
+    def latest(self) -> Pick:
+        """The newest complete run and the newer runs passed over (failed, interrupted, running)."""
+        def newest_first() -> Iterator[tuple[Path, dict[str, Any] | None]]:
+            for path in reversed(self.runs()):
+                try:
+                    yield path, load_results(path)
+                except UsageError:
+                    yield path, None
+
+        return pick_latest(newest_first())
 
     def load(self, ref: str | os.PathLike[str]) -> dict[str, Any]:
         """Load the saved run named by `ref` (see `resolve`)."""

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.metrics import catalogue
+from pytest_speedbench.results import fingerprint
+
+#: where a measured case keeps its settings fingerprint (results/fingerprint.py)
+FINGERPRINT_KEY = "settings_fingerprint"
 
 PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature", "draft_length")
 MATCH_KEYS: tuple[str, ...] = (*PARAM_KEYS, "category")
@@ -336,7 +340,7 @@ def parse_thresholds(sections: Mapping[str, Any]) -> list[Threshold]:
 class Check:
     """One gate result, kept for the summary table and JUnit."""
 
-    kind: str  # "threshold" | "rule"
+    kind: str  # "threshold" | "rule" | "missing" (baseline measured it, this run did not) | "settings"
     metric: str  # concrete metric path
     rule: str  # "acceptance_length:-3%" or "min 2.5 thresholds[0] (...)"
     outcome: str  # "pass" | "fail" | "noise" (beyond tolerance, inside CI) | "unstable" | "skip"
@@ -409,8 +413,12 @@ def _threshold_checks(threshold: Threshold, params: Mapping[str, Any], extra_inf
 
 
 def _rule_check(rule: Rule, path: str, extra_info: Mapping[str, Any], baseline: Mapping[str, Any],
-                strict: bool) -> Check:
+                strict: bool, allow_missing: bool = False) -> Check:
     cur, base = lookup(extra_info, path), lookup(baseline, path)
+    if cur is None and base is not None and not allow_missing:  # missing means failed
+        return Check("missing", path, rule.text, "fail",
+                     f"{path}: measured in the baseline ({fmt(base)}) but not in this run; rule {rule.text} "
+                     f"cannot pass (--allow-missing accepts it)", cur, base)
     if cur is None or base is None:
         missing = "this run" if cur is None else "the baseline"
         return Check("rule", path, rule.text, "skip",
@@ -452,11 +460,16 @@ def evaluate(
     rules: Iterable[Rule] = (),
     baseline_extra_info: Mapping[str, Any] | None = None,
     strict: bool = False,
+    allow_missing: bool = False,
+    allow_change: Collection[str] = (),
 ) -> Verdict:
     """Check one case. fail: some check failed; pass: some check ran and none failed; skip: none ran.
 
     Reasons list the failures first, then notes worth reading on a pass (changes inside noise,
-    missing baseline, metrics not measured).
+    missing baseline, metrics not measured). Against a baseline, a metric the baseline measured
+    and this run did not fails (check kind `missing`, unless `allow_missing`), and settings
+    fingerprints that differ in a field not in `allow_change` fail the case without applying the
+    rules (check kind `settings`): the numbers measure something else.
     """
     checks: list[Check] = []
     for threshold in thresholds:
@@ -467,11 +480,13 @@ def evaluate(
             checks.append(Check("rule", "*", ",".join(r.text for r in rules), "skip",
                                 "no baseline result for this case; regression rules not applied"))
         else:
-            for rule in rules:
+            settings = settings_check(baseline_extra_info, extra_info, allow_change)
+            checks += [settings] if settings is not None else []
+            for rule in rules if settings is None or not settings.failed else ():
                 for path in rule.expand(baseline_extra_info, extra_info):
                     if path in catalogue.SPEEDUP_KEYS and params.get("drafter") == "none":
                         continue  # an AR case has no speedup: the rule is for its SD cases, not a gap here
-                    checks.append(_rule_check(rule, path, extra_info, baseline_extra_info, strict))
+                    checks.append(_rule_check(rule, path, extra_info, baseline_extra_info, strict, allow_missing))
     unstable = unstable_reason(extra_info, baseline_extra_info)
     if unstable:
         checks = [_as_unstable(c, unstable) for c in checks]
@@ -486,6 +501,28 @@ def evaluate(
     else:
         verdict = "skip"
     return Verdict(verdict, failed + notes, checks)
+
+
+def settings_check(baseline: Mapping[str, Any], current: Mapping[str, Any],
+                   allow_change: Collection[str] = ()) -> Check | None:
+    """A failed `settings` check naming each differing fingerprint field with both values; a
+    note when one run has no fingerprint (saved by an older version); None when they agree."""
+    base, cur = baseline.get(FINGERPRINT_KEY), current.get(FINGERPRINT_KEY)
+    if not base and not cur:
+        return None
+    if not base or not cur:
+        if "error" in current:  # an errored case records no settings: its metrics fail as missing
+            return None
+        side = "the baseline" if not base else "this run"
+        return Check("settings", "*", "settings", "skip",
+                     f"{side} has no settings fingerprint (saved by an older pytest-speedbench): settings not compared")
+    changes = fingerprint.differences(base, cur, allow_change)
+    if not changes:
+        return None
+    fields = ",".join(c.partition(":")[0] for c in changes)
+    return Check("settings", "*", "settings", "fail",
+                 "settings differ from the baseline, so no rule was applied: " + "; ".join(changes)
+                 + f" (a deliberate change is accepted with --allow-change {fields})")
 
 
 def unstable_reason(extra_info: Mapping[str, Any], baseline_extra_info: Mapping[str, Any] | None) -> str | None:

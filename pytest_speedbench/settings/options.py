@@ -17,6 +17,7 @@ import yaml
 
 from pytest_speedbench.engines import DRAFTERS, engine_names, get_spec
 from pytest_speedbench.errors import UsageError, bad_value
+from pytest_speedbench.results.fingerprint import FIELDS as FINGERPRINT_FIELDS
 from pytest_speedbench.settings.matrix import BUCKETS, SPLITS
 
 Parser = Callable[[str], Any]
@@ -103,13 +104,20 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "regression rules, e.g. acceptance_length:-3%,speedup_user_tps:-5%,ttft_s.p99:+10%", "str", None),
     OptionSpec("strict", "--speedbench-strict", "fail on tolerance alone, ignoring the confidence interval",
                "bool", False),
+    OptionSpec("allow_missing", "--speedbench-allow-missing",
+               "let a gate pass when baseline cases are absent, errored or unmeasured in this run (default: "
+               "missing means failed)", "bool", False),
+    OptionSpec("allow_change", "--speedbench-allow-change",
+               "settings fingerprint fields whose change against the baseline is deliberate (comma list, e.g. "
+               "engine_version); cases whose other fields differ are not gated and fail", "list_str", [],
+               FINGERPRINT_FIELDS),
     OptionSpec("gpus", "--speedbench-gpus", "GPU ids to spread xdist workers over (comma list)", "str", None),
 )
 
 OPTION_BY_NAME: dict[str, OptionSpec] = {o.name: o for o in OPTIONS}
 #: options the `speedbench` commands share with the plugin (as --fail, --strict, --storage there),
 #: registered from the same OptionSpec, as pytest-benchmark shares its option groups with its CLI
-COMMAND_OPTIONS: tuple[str, ...] = ("fail", "strict", "storage")
+COMMAND_OPTIONS: tuple[str, ...] = ("fail", "strict", "storage", "allow_missing", "allow_change")
 
 
 def argparse_help(text: str) -> str:
@@ -227,6 +235,8 @@ class Settings:
     compare: str | None
     fail: str | None
     strict: bool
+    allow_missing: bool
+    allow_change: list[str]
     gpus: str | None
     #: per-engine overrides from speedbench.yaml's `engines:` section (batch_size, engine_args, ...)
     per_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
