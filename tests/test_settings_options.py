@@ -37,6 +37,6 @@ def test_commands_share_the_plugins_option_definitions():
         for name in names:
             spec = OPTION_BY_NAME[name]
             action = actions[name]
-            assert action.option_strings == ["--" + name]
+            assert action.option_strings == ["--" + name.replace("_", "-")]
             assert action.help.startswith(argparse_help(spec.help))
             assert action.default == (False if spec.kind == "bool" else spec.default)
