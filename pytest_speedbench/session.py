@@ -27,7 +27,7 @@ from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError, UsageE
 from pytest_speedbench.settings.matrix import Case, Matrix, expand
 from pytest_speedbench.measure.records import RunRecords
 from pytest_speedbench.data.workload import WorkloadCache
-from pytest_speedbench.runrecord import RunRecord
+from pytest_speedbench.results.record import RunRecord
 
 
 @dataclass

@@ -15,12 +15,10 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from pytest_speedbench.errors import bad_value
+from pytest_speedbench.settings.options import FINGERPRINT_FIELDS
 
-#: every field, in the order messages list them
-FIELDS: tuple[str, ...] = (
-    "output_len", "ignore_eos", "dataset", "num_prompts", "model", "engine", "engine_version",
-    "drafter", "draft_length", "draft_model", "rounds", "temperature", "hardware",
-)
+#: every field, in the order messages list them (declared with the option that names them)
+FIELDS: tuple[str, ...] = FINGERPRINT_FIELDS
 
 
 def prompts_hash(items: Iterable[Any]) -> str:

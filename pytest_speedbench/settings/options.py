@@ -17,10 +17,16 @@ import yaml
 
 from pytest_speedbench.engines import DRAFTERS, engine_names, get_spec
 from pytest_speedbench.errors import UsageError, bad_value
-from pytest_speedbench.results.fingerprint import FIELDS as FINGERPRINT_FIELDS
 from pytest_speedbench.settings.matrix import BUCKETS, SPLITS
 
 Parser = Callable[[str], Any]
+
+#: the fields of a case's settings fingerprint (results/fingerprint.py), which
+#: --speedbench-allow-change may name, in the order messages list them
+FINGERPRINT_FIELDS: tuple[str, ...] = (
+    "output_len", "ignore_eos", "dataset", "num_prompts", "model", "engine", "engine_version",
+    "drafter", "draft_length", "draft_model", "rounds", "temperature", "hardware",
+)
 
 
 def _split_list(raw: Any) -> list[str]:
