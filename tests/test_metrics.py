@@ -168,6 +168,7 @@ def test_run_metrics_by_hand():
     assert m["ttft_s"]["mean"] == pytest.approx((0.5 + 0.2 + 0.2) / 3)
     assert m["e2e_s"]["p50"] == pytest.approx(0.4)  # e2e 1.1, 0.4, 0.2
     assert m["step_latency_s"]["mean"] == pytest.approx((0.2 + 0.2) / 2)
+    assert m["step_latency_pooled_s"] == pytest.approx((0.6 + 0.2) / (3 + 1))  # decode time / steps
     assert m["tpot_s"]["mean"] == pytest.approx((0.1 + 0.05) / 2)
     assert m["user_tps"]["mean"] == pytest.approx((10.0 + 20.0) / 2)
     lo, hi = m["acceptance_length_ci95"]
@@ -331,8 +332,9 @@ def test_coalesced_events_counters_win():
     assert m["conditional_acceptance_source"] == "engine_counters"
     assert m["conditional_acceptance_rate"] == pytest.approx(truth["conditional_acceptance_rate"])
     # step latency consistent with the counter AL: the true 20 ms per step
+    # (the events alone suggest two steps' time per step: the reconciled D is used instead)
     assert m["step_latency_effective_mean_s"] == pytest.approx(0.02)
-    assert m["step_latency_s"]["mean"] > 0.03  # what the events alone suggest
+    assert m["step_latency_s"]["mean"] == pytest.approx(0.02) and m["step_latency_pooled_s"] == pytest.approx(0.02)
     assert m["acceptance_length_ci95"] == pytest.approx(truth["acceptance_length_ci95"])
 
 
@@ -416,9 +418,9 @@ def test_run_level_counters():
     assert m["al_histogram"] == {} and m["al_histogram_source"] is None
     assert m["conditional_acceptance_rate"] == [None] * 3 and m["conditional_acceptance_source"] is None
     assert "no per-step breakdown" in m["al_histogram_source_reason"]
-    assert m["step_latency_effective_mean_s"] == pytest.approx(
-        m["step_latency_s"]["mean"] * m["num_steps"] / m["num_decode_steps"]
-    )
+    assert m["step_latency_effective_mean_s"] == pytest.approx(m["step_latency_s"]["mean"])
+    chunk_mean = sum(R.request_step_latency(r) for r in run.requests) / len(run.requests)
+    assert m["step_latency_s"]["mean"] == pytest.approx(chunk_mean * m["num_steps"] / m["num_decode_steps"])
 
 
 def test_run_level_counters_that_agree_keep_per_request_chunks():
@@ -535,3 +537,14 @@ def test_speedup_cis_bracket_noisy_estimates():
         lo, hi = s[f"{key}_ci95"]
         assert lo <= s[key] <= hi, key
         assert hi > lo, key
+
+
+def test_pooled_step_latency_weighs_every_step_not_every_request():
+    """Pooled = total decode time / total decode steps (the server's own sum / count); the
+    per-request mean weighs a short request as much as a long one."""
+    short = RequestRecord("a", "x", t_send=0.0, chunk_times=[0.1, 0.2], chunk_tokens=[1, 1])  # 1 step, 100 ms
+    long = RequestRecord("b", "x", t_send=0.0, chunk_times=[0.1 + 0.01 * k for k in range(10)],
+                         chunk_tokens=[1] * 10)  # 9 steps, 10 ms each
+    m = M.compute_run_metrics(RunRecords([short, long]))
+    assert m["step_latency_pooled_s"] == pytest.approx((0.1 + 0.09) / 10)
+    assert m["step_latency_s"]["mean"] == pytest.approx((0.1 + 0.01) / 2)
