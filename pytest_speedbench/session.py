@@ -326,7 +326,8 @@ class SpeedbenchSession:
     # -- measuring -------------------------------------------------------------------------
     def load_spec(self, case: Case) -> LoadSpec:
         s = self.settings
-        return LoadSpec(case.batch_size, s.output_len, case.temperature, s.warmup, s.request_timeout, s.seed)
+        return LoadSpec(case.batch_size, s.output_len, case.temperature, s.warmup, s.request_timeout, s.seed,
+                        ignore_eos=s.ignore_eos)
 
     def measure(self, case: Case, engine: Engine, progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
         """Reset the engine's cross-request state, warm up outside the measured prompts, measure.
@@ -552,7 +553,8 @@ class SpeedbenchSession:
         from pytest_speedbench.results.document import benchmark_entry
 
         group = f"{case.engine}-{case.dataset_config}-bs{case.batch_size}-t{case.temperature:g}"
-        options = {"output_len": self.settings.output_len, "warmup": self.settings.warmup,
+        options = {"output_len": self.settings.output_len, "ignore_eos": self.settings.ignore_eos,
+                   "warmup": self.settings.warmup,
                    "num_prompts": self.settings.num_prompts, "dataset": self.settings.dataset}
         return benchmark_entry(name, nodeid, group, case.params(), e2e, extra, options, param=case.id)
 

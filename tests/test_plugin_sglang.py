@@ -208,3 +208,16 @@ def test_throughput_split_on_a_prepared_directory(pytester: pytest.Pytester, tin
     # the 2k prompts reach the engine longer than the 1k ones (input_len logged by the fake)
     lengths = [t["input_len"] for t in server.truth()]
     assert len(lengths) == 6 and min(lengths[3:]) > max(lengths[:3])
+
+
+def test_ignore_eos_setting_is_recorded_in_the_results(suite, fake_sglang, pytester: pytest.Pytester):
+    """--ignore-eos=off (the engines' own default) is sent and recorded; on is the default."""
+    server = fake_sglang("--step-ms", "1")
+    out_off, out_on = pytester.path / "off.json", pytester.path / "on.json"
+    args = ("--engine=sglang", f"--server-url={server.url}", "--drafter=none", "--warmup=0", "--output-len=8",
+            "-W", "ignore::Warning")
+    suite(*args, "--ignore-eos=off", f"--speedbench-json={out_off}").assert_outcomes(passed=1)
+    suite(*args, f"--speedbench-json={out_on}").assert_outcomes(passed=1)
+    (off,), (on,) = load_entries(out_off).values(), load_entries(out_on).values()
+    assert off["options"]["ignore_eos"] is False and on["options"]["ignore_eos"] is True
+    assert off["options"]["output_len"] == on["options"]["output_len"] == 8

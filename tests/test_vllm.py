@@ -270,6 +270,21 @@ def test_usage_chunk_counters_are_per_request_drafted_steps(tmp_path, monkeypatc
 
 
 
+def test_ignore_eos_off_lets_requests_stop_at_eos(tmp_path, monkeypatch):
+    """LoadSpec.ignore_eos reaches the request body: off, the (fake) model stops at EOS before
+    max_tokens; on (the default), every request generates exactly max_tokens."""
+    engine = _engine(tmp_path, monkeypatch, draft_length=3)
+    engine.start()
+    try:
+        on = run_load(engine, _items(), LoadSpec(batch_size=2, max_new_tokens=24, temperature=0.0, warmup=0))
+        off = run_load(engine, _items(), LoadSpec(batch_size=2, max_new_tokens=24, temperature=0.0, warmup=0,
+                                                  ignore_eos=False))
+    finally:
+        engine.stop()
+    assert all(r.num_tokens == 24 for r in on.measured)
+    assert all(0 < r.num_tokens < 24 for r in off.measured)
+
+
 @pytest.mark.slow
 def test_plugin_launches_vllm_per_drafter_and_records_counters(
     pytester: pytest.Pytester, monkeypatch, tiny_tokenizer_dir: Path, prompts_file: Path

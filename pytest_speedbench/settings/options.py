@@ -77,6 +77,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("category", "--category", "qualitative categories to keep (comma list)", "list_str", []),
     OptionSpec("num_prompts", "--num-prompts", "prompts per category (stratified, deterministic)", "int", 4),
     OptionSpec("output_len", "--output-len", "max new tokens per turn", "int", 64),
+    OptionSpec("ignore_eos", "--ignore-eos",
+               "keep generating past EOS to exactly --output-len tokens (on), or stop at EOS as the engines "
+               "and their own benchmark tools do unless told otherwise (off)", "bool", True),
     OptionSpec("warmup", "--warmup", "warmup requests per case, excluded from metrics", "int", 1),
     OptionSpec("rounds", "--speedbench-rounds",
                "rounds per SD case: its AR twin and it measured in turns (AR, SD, AR, SD, ...) over the same "
@@ -222,6 +225,7 @@ class Settings:
     category: list[str]
     num_prompts: int
     output_len: int
+    ignore_eos: bool
     warmup: int
     rounds: int
     warmup_prompts: str

@@ -184,6 +184,9 @@ class FakeVLLM:
             return await self.replay_request(request, index)
         max_tokens = int(body.get("max_tokens") or 16)
         rng = self.faults.rng_for(prompt, index)
+        stop = "length"
+        if body.get("ignore_eos") is False and max_tokens > 2:  # the model "emits EOS" part-way
+            max_tokens, stop = rng.randrange(2, max_tokens), "stop"
         steps = self.draw(rng, max_tokens - 1)
         sizes = [e for e, _, _ in steps]
         ids = [rng.randrange(100, 30000) for _ in range(max_tokens)]
@@ -205,7 +208,7 @@ class FakeVLLM:
             emitted += size
             last = emitted >= max_tokens
             choice = {"index": 0, "text": "".join(f" t{t}" for t in chunk_ids), "logprobs": None,
-                      "finish_reason": "length" if last else None, "stop_reason": None}
+                      "finish_reason": stop if last else None, "stop_reason": None}
             if with_ids:
                 choice["token_ids"] = chunk_ids
                 if n == 0:
