@@ -27,10 +27,8 @@ from pytest_speedbench.measure import sharding
 from pytest_speedbench.measure.stream import ClientMeter, asyncio_run, cpu_per_event, stream_request
 from pytest_speedbench.measure.transport import StreamTransport, resolve_kind
 
-#: the client set the latency when its event loop woke up later than this, at p99, ...
-LAG_LIMIT_FLOOR_S = 0.002
-#: ... and later than this fraction of the median interval between a stream's events
-LAG_LIMIT_FRACTION = 0.1
+#: the client set a latency when its own delay moved it by more than this fraction (see client_limited)
+CLIENT_SHIFT_LIMIT = 0.02
 
 
 class ClientLimitedWarning(UserWarning):
@@ -174,9 +172,9 @@ async def run_http(
                                 progress=progress) if measure else []
         used = await meter.stop()
         after = await engine.run_counters()
-    cpu, events = used.pop("cpu_s"), used.pop("events")
+    cpu, events, monitor = used.pop("cpu_s"), used.pop("events"), used.pop("monitor_cpu_s")
     info = {"transport": kind, "sharded": False, "shards": 1, **used, "client_cpu_s": cpu, "client_events": events,
-            "client_cpu_us_per_event": cpu_per_event(cpu, events)}
+            "client_cpu_us_per_event": cpu_per_event(cpu, events), "client_monitor_cpu_s": monitor}
     return RunRecords(warm + measured, counters_delta(before, after), info)
 
 
@@ -218,29 +216,55 @@ def run_http_sharded(
     return RunRecords(warm + records, counters_delta(counters.get("before"), after), info)
 
 
-def median_event_interval(records: Sequence[RequestRecord]) -> float | None:
-    """Median gap between consecutive token events of a stream, over the measured requests."""
-    gaps = sorted(
-        b - a for r in records if not r.warmup for a, b in zip(r.chunk_times, r.chunk_times[1:])
-    )
-    return gaps[len(gaps) // 2] if gaps else None
+def _median(values: Sequence[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
+def client_shifts(info: dict[str, Any], records: Sequence[RequestRecord]) -> dict[str, tuple[float, float]]:
+    """How far the client's own delay can move each reported latency: {latency: (shift_s, value_s)}.
+
+    A receipt stamp is taken when the event loop gets to the socket read, as late as the loop
+    lag the monitor measures (measure/stream.py). So:
+    - TTFT = t_0 - t_s: every TTFT ends on one late stamp; its mean moves by the mean lag;
+    - step latency, TPOT, user TPS: the decode window t_{n-1} - t_0 starts and ends on a late
+      stamp; the two lags largely cancel, and their difference stays within the p99 lag for
+      98% of requests: shift <= p99 lag, against the median window.
+    Only measured, successful requests count. Empty when the lag was not measured.
+    """
+    ok = [r for r in records if not r.warmup and r.ok and r.chunk_times]
+    mean, p99 = info.get("loop_lag_mean_s", info.get("loop_lag_p50_s")), info.get("loop_lag_p99_s")
+    out: dict[str, tuple[float, float]] = {}
+    ttft = _median([r.chunk_times[0] - r.t_send for r in ok])
+    if mean is not None and ttft:
+        out["TTFT"] = (mean, ttft)
+    window = _median([r.chunk_times[-1] - r.chunk_times[0] for r in ok if len(r.chunk_times) > 1])
+    if p99 is not None and window:
+        out["step latency/TPOT"] = (p99, window)
+    return out
 
 
 def client_limited(info: dict[str, Any], records: Sequence[RequestRecord]) -> str | None:
-    """The reason the client, not the engine, set the latency (None when it did not)."""
-    p99 = info.get("loop_lag_p99_s")
-    if p99 is None:
+    """The reason the client, not the engine, set a reported latency (None when it did not).
+
+    It did when its own delay (client_shifts) moves a latency by more than CLIENT_SHIFT_LIMIT
+    (2%) of the run's median value: less than half the tightest default rule's tolerance
+    (speedup_user_tps -5%), so on its own it cannot move a verdict, and below the spread
+    between rounds of one run on real engines. The raw p99 loop lag against the event gap (the
+    earlier test) fired on 8 of 12 real vLLM runs that matched the server's TPOT within 0.03%
+    and its TTFT within 2.4-3.6 ms (docs/client-performance.md has this estimate on real runs).
+    """
+    shifts = client_shifts(info, records)
+    worst = max(shifts.items(), key=lambda kv: kv[1][0] / kv[1][1], default=None)
+    if worst is None or worst[1][0] / worst[1][1] <= CLIENT_SHIFT_LIMIT:
         return None
-    interval = median_event_interval(records)
-    limit = max(LAG_LIMIT_FLOOR_S, LAG_LIMIT_FRACTION * interval) if interval else LAG_LIMIT_FLOOR_S
-    if p99 <= limit:
-        return None
-    gap = f"{interval * 1e3:.2f} ms" if interval else "unknown"
+    name, (shift, value) = worst
     return (
-        f"client event-loop lag p99 {p99 * 1e3:.2f} ms exceeds {limit * 1e3:.2f} ms "
-        f"(max of {LAG_LIMIT_FLOOR_S * 1e3:g} ms and {LAG_LIMIT_FRACTION:.0%} of the {gap} median event gap): "
-        f"the client, not the engine, set part of the latency; "
-        f"shards={info.get('shards')} transport={info.get('transport')}"
+        f"client delay may move {name} by {shift * 1e3:.2f} ms, {shift / value:.1%} of its median "
+        f"{value * 1e3:.1f} ms (limit {CLIENT_SHIFT_LIMIT:.0%}; event-loop lag mean "
+        f"{(info.get('loop_lag_mean_s') or 0) * 1e3:.2f} ms, p99 {(info.get('loop_lag_p99_s') or 0) * 1e3:.2f} ms): "
+        f"the client, not the engine, set part of the latency; shards={info.get('shards')} "
+        f"transport={info.get('transport')}"
     )
 
 

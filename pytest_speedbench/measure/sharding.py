@@ -212,6 +212,7 @@ def merge_shard_info(shards: list[dict[str, Any]], plan: ShardPlan) -> dict[str,
         "shard_slots": [s["slots"] for s in shards],
         "shard_requests": [s["requests"] for s in shards],
         "loop_lag_samples": sum(s.get("loop_lag_samples") or 0 for s in shards),
+        "loop_lag_mean_s": worst("loop_lag_mean_s"),
         "loop_lag_p50_s": worst("loop_lag_p50_s"),
         "loop_lag_p99_s": worst("loop_lag_p99_s"),
         "loop_lag_max_s": worst("loop_lag_max_s"),
@@ -219,6 +220,7 @@ def merge_shard_info(shards: list[dict[str, Any]], plan: ShardPlan) -> dict[str,
         "client_cpu_s": cpu,
         "client_events": events,
         "client_cpu_us_per_event": cpu_per_event(cpu, events),
+        "client_monitor_cpu_s": sum(s.get("monitor_cpu_s") or 0.0 for s in shards),
     }
 
 
