@@ -98,12 +98,13 @@ def test_stream_faults_fail_their_case_name_the_cause_and_the_session_goes_on(fa
     assert not [p.name for p in pytester.path.iterdir() if p.name.startswith(".out.json")]  # no temp files
     # hang -> failure: the hang starts after the second event; the measuring fixture's setup
     # phase (where speedbench_run measures) is the timeout plus the case's other (1 ms/step)
-    # requests and the attach probe, and must stay under timeout + 2 s
+    # requests and the attach probe: at least the timeout, and far below the fake's 3600 s hang
+    # (on a quiet machine under timeout + 2 s; 4.97 s seen with six jobs on 2 cores)
     name = f"setup    test_speedbench.py::test_speculative_decoding[{case_id('eagle3', 1)}]"
     call = [line for line in result.outlines if line.strip().endswith(name)]
     assert call, result.outlines
     seconds = float(call[0].split("s", 1)[0])
-    assert REQUEST_TIMEOUT_S <= seconds < REQUEST_TIMEOUT_S + 2.0, seconds
+    assert REQUEST_TIMEOUT_S <= seconds < REQUEST_TIMEOUT_S + 60.0, seconds
     print(f"hang -> failure: {seconds:.2f} s with --request-timeout={REQUEST_TIMEOUT_S:g}")
 
 

@@ -548,3 +548,40 @@ def test_pooled_step_latency_weighs_every_step_not_every_request():
     m = M.compute_run_metrics(RunRecords([short, long]))
     assert m["step_latency_pooled_s"] == pytest.approx((0.1 + 0.09) / 10)
     assert m["step_latency_s"]["mean"] == pytest.approx((0.1 + 0.01) / 2)
+
+
+def test_hidden_cut_steps_only_where_the_counters_were_derived_and_the_chunks_could_not_show_the_cut():
+    derived = {"drafted_steps": 3, "accepted": 5}
+    assert ST.hidden_cut_steps(20, 15, derived, gamma=3) == 3  # chunks = E - A: merges may equal the cut
+    assert ST.hidden_cut_steps(20, 12, derived, gamma=3) == 3  # coalesced
+    assert ST.hidden_cut_steps(20, 12, {"drafted_steps": 3, "accepted": 2}, gamma=3) == 2  # at most A
+    assert ST.hidden_cut_steps(20, 17, derived, gamma=3) == 0  # chunks above E - A: truncation seen
+    assert ST.hidden_cut_steps(20, 12, {"decode_steps": 15, "accepted": 5}, gamma=3) == 0  # engine counts steps
+    assert ST.hidden_cut_steps(20, 12, None, gamma=3) == 0
+
+
+def test_assign_server_steps_fills_the_coalesced_requests_first_within_their_bounds():
+    c = ST.StepCount
+    counts = [c(10, "chunks", "chunks_are_steps"), c(8, "engine_counters", "coalesced_events"),
+              c(9, "engine_counters", "coalesced_events")]
+    hidden, last = [3, 3, 3], [1, 2, 1]
+    out, residual = ST.assign_server_steps(counts, hidden, last, 27 + 4)
+    assert residual == 4
+    # coalesced first, the shortest last event first: request 2 takes 3, request 1 the last one
+    assert [x.decode_steps for x in out] == [10, 9, 12] and out[0] == counts[0]
+    assert sum(x.decode_steps for x in out) == 31
+    assert ST.assign_server_steps(counts, hidden, last, 27) == (counts, 0)  # nothing missing
+    assert ST.assign_server_steps(counts, hidden, last, 27 + 10) == (counts, 10)  # out of reach: unchanged
+    assert ST.assign_server_steps(counts, hidden, last, 26) == (counts, -1)  # fewer than the chunks: unchanged
+
+
+def test_events_that_are_the_engines_steps_hide_no_cut():
+    per_pos = [3, 1, 0]  # 3 drafted steps accepted >= 1, one of them >= 2
+    assert ST.framing_matches_counters([1, 2, 1, 3, 2, 1], per_pos)
+    assert not ST.framing_matches_counters([1, 2, 1, 3, 3], per_pos)  # two 1-token steps merged
+    assert not ST.framing_matches_counters([1, 2, 1, 2, 2, 1], per_pos)  # the 3-token step was cut
+    assert not ST.framing_matches_counters([1, 2, 5], per_pos)  # longer than any step
+    counters = {"drafted_steps": 4, "accepted": 4, "accepted_per_pos": per_pos}
+    assert ST.hidden_cut_steps(10, 6, counters, gamma=3, step_lengths=[1, 2, 1, 3, 2, 1]) == 0
+    assert ST.hidden_cut_steps(10, 6, counters, gamma=3, step_lengths=[1, 2, 1, 2, 3, 1]) == 0
+    assert ST.hidden_cut_steps(10, 6, counters, gamma=3, step_lengths=[2, 2, 1, 2, 2, 1]) == 3

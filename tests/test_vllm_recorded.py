@@ -117,3 +117,63 @@ def test_fake_vllm_replays_a_recording_like_the_real_server(name, tmp_path, monk
                 "drafted_step_fraction", "al_source", "al_source_reason", "num_decode_steps"):
         assert got[key] == pytest.approx(want[key]), key
     assert run.engine_counters["drafted_steps"] == prometheus(doc, "num_drafts")
+
+
+def _coalesce(record: RequestRecord, merges: int) -> RequestRecord:
+    """The record as vLLM's API server sends it when it falls behind: `merges` pairs of
+    consecutive decode events after the prefill one each arrive as one event (at the later time)."""
+    times, tokens = list(record.chunk_times), list(record.chunk_tokens)
+    for k in range(merges):
+        j = 1 + k  # events 1+k and 2+k -> one event carrying both steps' tokens
+        tokens[j : j + 2] = [tokens[j] + tokens[j + 1]]
+        times[j : j + 2] = [times[j + 1]]
+    return RequestRecord(record.prompt_id, record.category, t_send=record.t_send, chunk_times=times,
+                         chunk_tokens=tokens, output_ids=list(record.output_ids), counters=record.counters)
+
+
+@pytest.mark.parametrize("merges", [2, 3, 5])
+def test_steps_hidden_by_the_cut_behind_coalesced_events_are_exact_with_the_servers_count(merges):
+    """Issue 23's 961-vs-964: a request cut at max tokens after its last step accepted more drafts
+    than it could emit (sb-coding-001 here: 37 decode steps, 63 tokens, 28 accepted drafts of
+    which 2 were cut, so E - A = 35), whose events the server also coalesced. Chunks (35, 34 or
+    32 events) and counters (35) both fall short; vLLM's own step count (one inter-token-latency
+    sample per request per decode step) settles it, and every figure equals the step-framed
+    recording's."""
+    run, doc = records("vllm-ngram-f32.json")
+    truth = M.compute_run_metrics(run, draft_length=3)
+    framed = {r.prompt_id: r for r in run.requests}
+    cut = framed["sb-coding-001"]
+    tokens, accepted = cut.num_tokens - cut.chunk_tokens[0], cut.counters["accepted"]
+    assert (len(cut.chunk_tokens) - 1, tokens - accepted) == (37, 35)  # 2 steps hidden at the cut
+    coalesced = RunRecords([_coalesce(r, merges) if r is cut else r for r in run.requests])
+    assert len(coalesced.requests[0].chunk_tokens) - 1 == 37 - merges
+
+    # the issue's bug, reproduced: without the server's count 2 steps go missing, AL reads high
+    blind = M.compute_run_metrics(coalesced, draft_length=3)
+    assert blind["num_decode_steps"] == truth["num_decode_steps"] - 2
+    assert blind["acceptance_length"] > truth["acceptance_length"]
+    assert blind["decode_steps_server_residual"] is None
+
+    server = {"drafted_steps": int(prometheus(doc, "num_drafts")), "accepted": int(prometheus(doc, "num_accepted_tokens")),
+              "decode_steps": truth["num_decode_steps"]}  # = the step-framed recording's 198 steps
+    coalesced.engine_counters = server
+    m = M.compute_run_metrics(coalesced, draft_length=3)
+    assert m["num_decode_steps"] == m["num_decode_steps_server"] == truth["num_decode_steps"] == 198
+    assert m["decode_steps_server_residual"] == 2
+    for key in ("acceptance_length", "acceptance_length_pooled", "acceptance_length_by_category",
+                "acceptance_length_ci95", "acceptance_length_per_draft", "drafted_step_fraction"):
+        assert m[key] == pytest.approx(truth[key]), key
+    assert m["al_source_reasons"]["coalesced_events"] == 1  # named for what the chunks showed
+
+
+def test_the_servers_step_count_changes_nothing_where_the_chunks_are_exact():
+    run, doc = records("vllm-ngram-f32.json")
+    truth = M.compute_run_metrics(run, draft_length=3)
+    run.engine_counters = {"drafted_steps": 39, "accepted": 56, "decode_steps": truth["num_decode_steps"]}
+    m = M.compute_run_metrics(run, draft_length=3)
+    assert m["decode_steps_server_residual"] == 0
+    assert m["num_decode_steps"] == truth["num_decode_steps"] and m["al_source_reasons"] == truth["al_source_reasons"]
+    # a server count out of reach of the cut (another client's requests) is reported, not spread
+    run.engine_counters["decode_steps"] += 40
+    busy = M.compute_run_metrics(run, draft_length=3)
+    assert busy["decode_steps_server_residual"] == 40 and busy["num_decode_steps"] == truth["num_decode_steps"]

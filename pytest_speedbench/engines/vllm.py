@@ -41,7 +41,10 @@ output is cut at max_tokens. It reports them two ways:
 - run level, the fallback: Prometheus counters on /metrics (`vllm:spec_decode_num_drafts_total`,
   `..._num_draft_tokens_total`, `..._num_accepted_tokens_total`,
   `..._num_accepted_tokens_per_pos_total{position="i"}`); `run_counters()` snapshots them and
-  the client takes the delta around the measured window: drafted_steps = drafts.
+  the client takes the delta around the measured window: drafted_steps = drafts; and
+  decode_steps = the count of `vllm:inter_token_latency_seconds` (one sample per request per
+  decode step), the server's own step count, which settles the steps a max-tokens cut hides
+  behind coalesced events (metrics/steps.py).
 vLLM reports drafted steps S, never decode steps D: D comes from the step-framed stream (one
 chunk per engine step, unless the API server falls behind and merges them) or is derived as
 D = (N - L_0) - accepted (metrics/steps.py reconciles the two, end-of-request truncation
@@ -91,6 +94,9 @@ PROM_DRAFTS = "vllm:spec_decode_num_drafts_total"
 PROM_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
 PROM_ACCEPTED = "vllm:spec_decode_num_accepted_tokens_total"
 PROM_PER_POS = "vllm:spec_decode_num_accepted_tokens_per_pos_total"
+#: one sample per request per decode step (the step's inter-token latency): the count is the
+#: server's own number of decode steps; the older name observes the same samples
+PROM_STEP_COUNTS = ("vllm:inter_token_latency_seconds_count", "vllm:time_per_output_token_seconds_count")
 
 _PROM_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _PROM_POSITION = re.compile(r'position="(\d+)"')
@@ -239,7 +245,13 @@ def parse_prometheus(text: str) -> Counters | None:
     totals = {PROM_DRAFTS: 0.0, PROM_DRAFT_TOKENS: 0.0, PROM_ACCEPTED: 0.0}
     seen = False
     per_pos: dict[int, float] = {}
+    step_counts: dict[str, float] = {}
     for line in text.splitlines():
+        if line.startswith(PROM_STEP_COUNTS):
+            m = _PROM_LINE.match(line)
+            if m is not None and m.group(1) in PROM_STEP_COUNTS:
+                step_counts[m.group(1)] = step_counts.get(m.group(1), 0.0) + float(m.group(3))
+            continue
         if not line.startswith("vllm:spec_decode"):
             continue
         m = _PROM_LINE.match(line)
@@ -266,6 +278,9 @@ def parse_prometheus(text: str) -> Counters | None:
     }
     if per_pos:
         counters["accepted_per_pos"] = [int(per_pos.get(i, 0.0)) for i in range(max(per_pos) + 1)]
+    name = next((n for n in PROM_STEP_COUNTS if n in step_counts), None)
+    if name is not None:
+        counters["decode_steps"] = int(step_counts[name])
     return counters
 
 

@@ -160,6 +160,10 @@ class StepView:
     accepted: int | None  # A summed (engine's own count, before end-of-request truncation)
     drafted_steps: int | None  # S summed; None when the engine does not say
     accepted_per_pos: list[float] | None
+    #: the server's own decode-step count of the run (vLLM: inter-token-latency samples), and how
+    #: many steps the per-request counts missed before steps.assign_server_steps (None: no count)
+    server_steps: int | None = None
+    server_residual: int | None = None
 
     @property
     def counts(self) -> list[StepCount]:
@@ -200,11 +204,20 @@ def build_step_view(requests: Sequence[RequestRecord], run_counters: Counters | 
     if any(_has_counts(r.counters) for r in requests) or not _has_counts(run_counters):
         per = [(r, request_decode_steps(r, gamma, framed)) for r in requests]
         per = [(r, c) for r, c in per if c.decode_steps > 0]
+        server = run_counters.get("decode_steps") if run_counters else None
+        residual = None
+        if server is not None and per:
+            hidden = [steps.hidden_cut_steps(request_step_tokens(r), request_steps(r), r.counters, gamma=gamma,
+                                             step_lengths=r.chunk_tokens[1:]) for r, _ in per]
+            counts, residual = steps.assign_server_steps([c for _, c in per], hidden,
+                                                         [r.chunk_tokens[-1] for r, _ in per], int(server))
+            per = [(r, c) for (r, _), c in zip(per, counts)]
         counted = [r.counters for r in requests if _has_counts(r.counters)]
         accepted = _sum_key(counted, "accepted") if counted else None
         drafted = _sum_key(counted, "drafted_steps") if counted else None
         per_pos = _sum_positions([c.get("accepted_per_pos") for c in counted]) if counted else None
-        return StepView(per, None, tokens, sum(c.decode_steps for _, c in per), accepted, drafted, per_pos)
+        return StepView(per, None, tokens, sum(c.decode_steps for _, c in per), accepted, drafted, per_pos,
+                        int(server) if server is not None else None, residual)
     assert run_counters is not None
     chunk_steps = sum(request_steps(r) for r in requests)
     window = gamma * len(requests) if gamma is not None else None
@@ -212,8 +225,10 @@ def build_step_view(requests: Sequence[RequestRecord], run_counters: Counters | 
     per = [(r, StepCount(request_steps(r), SOURCE_CHUNKS, run_count.reason)) for r in requests if request_steps(r)]
     drafted = run_counters.get("drafted_steps")
     per_pos = run_counters.get("accepted_per_pos")
+    server = run_counters.get("decode_steps")
     return StepView(per, run_count, tokens, run_count.decode_steps, run_counters.get("accepted"),
-                    int(drafted) if drafted is not None else None, list(per_pos) if per_pos else None)
+                    int(drafted) if drafted is not None else None, list(per_pos) if per_pos else None,
+                    int(server) if server is not None else None, int(server) - chunk_steps if server is not None else None)
 
 
 def authoritative_step_histogram(
@@ -325,6 +340,10 @@ def compute_run_metrics(
         "al_source_reasons": view.reasons,
         "al_source_detail": steps.REASON_TEXT.get(reason or "", "no request had a decode step"),
         "num_decode_steps": view.decode_steps,
+        # the server's own count of the run's decode steps, when it has one (vLLM), and how many
+        # steps the per-request reconciliation missed before the cut's hidden steps were assigned
+        "num_decode_steps_server": view.server_steps,
+        "decode_steps_server_residual": view.server_residual,
         "num_drafted_steps": view.drafted_steps,
         "num_accepted_drafts": view.accepted,
         "al_histogram": histogram,

@@ -17,6 +17,16 @@ Where D comes from:
   D can fall short of the truth by up to min(A, gamma) per request.
 
 `reconcile_steps` picks D and names the cause from REASONS (al_source_reason).
+
+At the max-tokens cut with coalesced events neither source is exact: the chunks undercount
+(merged steps) and D = E - A undercounts too (A holds the cut drafts), by c = the cut
+drafts, 0 <= c <= min(A, gamma). One event per step settles c (end_of_request_truncation);
+without that, nothing the client sees does: the last step's emitted r and accepted a give
+c = 1 + a - r, and a coalesced last event hides r (a one-token last event is equally a cut
+3-draft step or an undrafted one). The server's own count of decode steps does
+(`server_total`: vLLM's inter-token-latency histogram observes one sample per request per
+decode step): `hidden_cut_steps` bounds what each request may hide, `assign_server_steps`
+gives the run's missing steps to the requests that may hide them.
 """
 
 from __future__ import annotations
@@ -120,3 +130,62 @@ def run_reason(reasons: Sequence[str]) -> str | None:
     """The run's al_source_reason: the first of REASONS that any request has."""
     present = set(reasons)
     return next((r for r in REASONS if r in present), None)
+
+
+def framing_matches_counters(step_lengths: Sequence[int], accepted_per_pos: Sequence[float]) -> bool:
+    """Whether the decode events are exactly the engine's steps, nothing merged and nothing cut:
+    a drafted step accepting a drafts emits one event of 1 + a tokens, so for every draft
+    position k the events with >= k + 1 tokens number c_k, the steps accepting >= k drafts
+    (an undrafted step and a step accepting none both emit 1 token and count nowhere). A
+    merge adds tokens to an event and a cut removes some, so either breaks the match (both at
+    every position at once only by a coincidence no real run has shown)."""
+    return all(sum(1 for n in step_lengths if n >= k + 1) == int(c) for k, c in enumerate(accepted_per_pos, 1)) \
+        and not any(n > len(accepted_per_pos) + 1 for n in step_lengths)
+
+
+def hidden_cut_steps(
+    tokens: int, chunk_steps: int, counters: Counters | None, *, gamma: int | None,
+    step_lengths: Sequence[int] | None = None,
+) -> int:
+    """Decode steps the max-tokens cut may hide from reconcile_steps' D: c <= min(A, gamma) when D
+    came from D_k = E - A (derived) and the chunks could not show the cut (D_c <= D_k: merged
+    events, possibly exactly as many as the cut). 0 when the count is exact: decode-step
+    counters; chunks above D_k (end_of_request_truncation takes them); or events that are the
+    engine's steps by its own per-position counts (framing_matches_counters: nothing merged,
+    nothing cut)."""
+    if not counters or counters.get("decode_steps") is not None or counters.get("accepted") is None:
+        return 0
+    accepted = int(counters["accepted"])
+    derived = tokens - accepted
+    if derived <= 0 or chunk_steps > derived:
+        return 0
+    per_pos = counters.get("accepted_per_pos")
+    if step_lengths is not None and per_pos and framing_matches_counters(step_lengths, per_pos):
+        return 0
+    return min(accepted, gamma) if gamma is not None else accepted
+
+
+def assign_server_steps(
+    counts: Sequence[StepCount], hidden: Sequence[int], last_event_tokens: Sequence[int], server_total: int,
+) -> tuple[list[StepCount], int]:
+    """The run's decode steps made to add up to the server's own count, where the cut can explain it.
+
+    residual R = server_total - sum D. With 0 < R <= sum(hidden), R steps go to the requests
+    that may hide them (each at most its `hidden`): the ones whose chunks showed merged events
+    (coalesced_events) first, then the shortest last event (a cut leaves r = 1 + a - c tokens),
+    then request order. With one such request, or R = sum(hidden), that is exact; with
+    several it is the most likely split and the run total is exact. Otherwise (R = 0, or R out
+    of reach: other traffic on the server, a counting change) nothing changes.
+    Returns (counts, R before assignment).
+    """
+    residual = server_total - sum(c.decode_steps for c in counts)
+    if residual <= 0 or residual > sum(hidden):
+        return list(counts), residual
+    order = sorted(range(len(counts)), key=lambda i: (counts[i].reason != COALESCED, last_event_tokens[i], i))
+    out, left = list(counts), residual
+    for i in order:
+        take = min(hidden[i], left)
+        if take:
+            out[i] = StepCount(counts[i].decode_steps + take, SOURCE_COUNTERS, COALESCED)
+            left -= take
+    return out, residual
