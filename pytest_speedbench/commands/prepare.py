@@ -1,5 +1,10 @@
 """`speedbench prepare`: write a prepared dataset directory, DIR/<config>/test.parquet.
 
+`--layout nemo-skills` writes DIR/<config>.jsonl with chat `messages` instead (data/nemo_skills.py),
+what `vllm bench serve --dataset-name speed_bench` reads; with `--num-prompts N` (and the run's
+`--speedbench-seed` as `--seed`) it holds exactly the prompts a suite run with `--num-prompts=N`
+sends, in the order it sends them.
+
 Reads a source (the hub, local SPEED-Bench files, Spec-Bench/MT-bench questions or the bundled
 mini set), resolves placeholder rows from their original sources where a resolver can reach
 them, cuts throughput prompts to their exact bucket, and records provenance next to each file.
@@ -32,7 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="comma list of configs (qualitative, throughput_1k, ...) or all")
     parser.add_argument("--drop-unresolved", action="store_true",
                         help="leave rows that could not be resolved out of the prepared files")
+    parser.add_argument("--layout", choices=LAYOUTS, default="parquet",
+                        help="parquet: DIR/<config>/test.parquet (default); nemo-skills: DIR/<config>.jsonl with "
+                             "chat messages, as `vllm bench serve --dataset-name speed_bench` reads")
+    parser.add_argument("--num-prompts", type=int, default=None,
+                        help="nemo-skills: only the prompts a suite run with --num-prompts=N sends, in its order")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="nemo-skills with --num-prompts: the suite run's --speedbench-seed (default 0)")
     parser.set_defaults(func=run)
+
+
+LAYOUTS = ("parquet", "nemo-skills")
 
 
 def _dataset_spec(source: str) -> str:
@@ -91,11 +106,38 @@ def prepare_config(dataset: str, config: str, out: Path, *, drop_unresolved: boo
     return record
 
 
+def prepare_nemo_skills(dataset: str, config: str, out: Path, *, num_prompts: int | None, seed: int) -> dict[str, Any]:
+    """One config as out/<config>.jsonl (NeMo-Skills' layout): resolved rows only, throughput
+    prompts cut to their bucket; with `num_prompts`, the suite's own selection and order."""
+    from pytest_speedbench.data.loaders import bucket_prompts, read_rows, select_stratified
+    from pytest_speedbench.data.nemo_skills import write_nemo_skills
+    from pytest_speedbench.data.placeholders import is_placeholder, resolve_rows
+    from pytest_speedbench.data.schema import bucket_tokens, row_to_prompt
+
+    rows, _ = resolve_rows(read_rows(dataset, config), config)
+    kept = [r for r in rows if not is_placeholder(r)]
+    prompts = select_stratified([row_to_prompt(r) for r in kept], num_prompts, seed)  # as loaders.load_prompts
+    target = bucket_tokens(config)
+    prompts = bucket_prompts(prompts, target) if target else prompts
+    path = write_nemo_skills([p.to_row() for p in prompts], out, config)
+    return {"config": config, "file": str(path), "rows": len(prompts), "unresolved_left_out": len(rows) - len(kept)}
+
+
 def run(args: argparse.Namespace) -> int:
     from pytest_speedbench.data.placeholders import Resolution
 
     dataset = _dataset_spec(args.source)
     status = 0
+    if args.num_prompts is not None and args.layout != "nemo-skills":
+        raise UsageError("--num-prompts selects prompts for --layout nemo-skills only (parquet keeps every row)")
+    if args.layout == "nemo-skills":
+        for config in _configs(args.configs, dataset):
+            rec = prepare_nemo_skills(dataset, config, args.out, num_prompts=args.num_prompts, seed=args.seed)
+            print(f"{config}: {rec['rows']} prompts -> {rec['file']}")
+            if rec["unresolved_left_out"]:
+                status = 1
+                print(f"  left out {rec['unresolved_left_out']} rows that are still placeholders")
+        return status
     for config in _configs(args.configs, dataset):
         rec = prepare_config(dataset, config, args.out, drop_unresolved=args.drop_unresolved)
         res = Resolution()
