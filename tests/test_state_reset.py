@@ -155,10 +155,11 @@ def test_flush_waits_for_a_busy_server_to_drain(tmp_path, fake_sglang):
     assert refused.value.code == 400  # busy and no timeout: refused at once, like 0.5.23
     engine = SGLangEngine(EngineConfig("sglang", "ngram", server_url=server.url), tmp_path)
     reset = engine.reset_state()
-    finished = time.monotonic()
     worker.join()
+    # the server refuses a flush while busy (above), so an accepted flush came after the drain
+    # (comparing the two threads' clocks raced under load: the reader thread ran late)
     assert reset.method == "flush_cache" and reset.ok
-    assert done and done[0] <= finished  # the flush came after the request drained
+    assert done  # and the request in flight was served to its end
 
 
 def test_server_info_facts_in_attach_mode(tmp_path, fake_sglang):
