@@ -113,6 +113,9 @@ def test_figures_match_vllms_own(server: Any, items: list[WorkItem], batch_size:
         # decode steps = tokens - accepted, give or take the end-of-request truncation
         derived = sum(r.num_tokens - r.chunk_tokens[0] - r.counters["accepted"] for r in measured)
         assert derived <= m["num_decode_steps"] <= derived + GAMMA * len(measured)
+        # ... and exactly the server's own count (one inter-token-latency sample per request per
+        # decode step), coalesced events at the cut included (issue 23: 961 against 964 at bs 4)
+        assert m["num_decode_steps"] == m["num_decode_steps_server"] == prom["decode_steps"]
         assert 1.0 < m["acceptance_length_pooled"] <= m["acceptance_length_per_draft"]
         if drafter == "draft":
             assert m["drafted_step_fraction"] == pytest.approx(1.0)  # the draft model drafts every step
