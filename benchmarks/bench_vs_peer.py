@@ -189,8 +189,10 @@ def report(rounds: list[Round]) -> list[str]:
         pairs = [f"{int(r.client['decode_steps'])}/{int(r.server['itl_count'])}" for r in suite]
         equal = sum(int(r.client["decode_steps"]) == int(r.server["itl_count"]) for r in suite)
         warned = sum(bool(r.extra.get("client_limited")) for r in suite)
+        cpu = [r.extra["cpu_us_per_event"] for r in suite if r.extra.get("cpu_us_per_event") is not None]
         lines.append(f"  concurrency {c}: {', '.join(pairs)} ({equal} of {len(suite)} equal; client-limited "
-                     f"warnings: {warned} of {len(suite)}; al_source_reason "
+                     f"warnings: {warned} of {len(suite)}; client CPU per event "
+                     f"{statistics.median(cpu) if cpu else float('nan'):.0f} us (median); al_source_reason "
                      f"{sorted({str(r.extra.get('al_source_reason')) for r in suite})})")
     return lines
 
