@@ -15,7 +15,8 @@ from pytest_speedbench.engines.base import Engine
 from pytest_speedbench.errors import EngineNotInstalled, UsageError
 from pytest_speedbench.progress import CaseProgress, Terminal, minutes
 from pytest_speedbench.settings.matrix import Case
-from pytest_speedbench.session import CaseResult, SpeedbenchSession
+from pytest_speedbench.case_runner import CaseResult
+from pytest_speedbench.session import SpeedbenchSession
 
 SESSION_KEY = pytest.StashKey[SpeedbenchSession]()
 CASE_FIXTURE = "speedbench_case"
@@ -61,7 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session = SpeedbenchSession(settings, Path(config.rootpath))
         if "engine" in settings.explicit:
             for engine in settings.engine:
-                session.availability(engine)
+                session.pool.availability(engine)
     except UsageError as exc:
         raise pytest.UsageError(f"pytest-speedbench: {exc}") from None
     session.config = config
@@ -134,9 +135,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     session = _session(metafunc.config)
     params = []
     for case in session.matrix.cases:
-        reason = session.skip_reason(case)
+        reason = session.pool.skip_reason(case)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
-        params.append(pytest.param(case, session.engine_key(case), id=case.id, marks=marks))
+        params.append(pytest.param(case, session.pool.engine_key(case), id=case.id, marks=marks))
     metafunc.parametrize([CASE_FIXTURE, ENGINE_FIXTURE], params, indirect=[ENGINE_FIXTURE], scope="session")
 
 
@@ -161,15 +162,15 @@ def speedbench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     session, terminal = _session(request.config), Terminal(request.config)
     try:
         # first build or convert, once and cached, what this engine still needs, saying so
-        session.prepare([request.param.partition("-")[0]], lambda text: terminal.line(text, always=True),
+        session.pool.prepare([request.param.partition("-")[0]], lambda text: terminal.line(text, always=True),
                         detailed=not terminal.quiet)
-        engine = session.acquire_engine(request.param)
+        engine = session.pool.acquire(request.param)
     except EngineNotInstalled as exc:
         pytest.skip(f"{request.param.partition('-')[0]} is not available: {exc}")
     try:
         yield engine
     finally:
-        session.release_engine(request.param)
+        session.pool.release(request.param)
 
 
 @pytest.fixture
@@ -215,7 +216,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     speedbench = session.config.stash.get(SESSION_KEY, None)
     if speedbench is None:
         return
-    speedbench.stop_engines()
+    speedbench.pool.stop_all()
     if exitstatus == pytest.ExitCode.USAGE_ERROR or not speedbench.book.entries:
         return
     if speedbench.finish(_interruption(session, exitstatus)) and session.exitstatus == pytest.ExitCode.OK:

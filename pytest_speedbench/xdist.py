@@ -144,7 +144,7 @@ class XdistSupport:
                 self.gpus = gpu_list(None)
             session.book.enabled = False  # the controller writes the session's one file
             if group_mode() == "config":  # twins live on other workers: no interleaved rounds here
-                session.interleave = False
+                session.runner.interleave = False
         else:
             self.gpus = gpu_list(session.settings.gpus)
             if session.settings.gpus and not self._distributed():
@@ -180,7 +180,7 @@ class XdistSupport:
         if not raw:
             return
         data = json.loads(raw)
-        self.session.engine_info.update(data.get("engines", {}))
+        self.session.pool.info.update(data.get("engines", {}))
         for entry in data.get("entries", []):
             self.session.book.add(entry)
         document = self.session.book.document(self.config)
@@ -190,7 +190,7 @@ class XdistSupport:
     # worker side --------------------------------------------------------------------------
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
-            payload = {"entries": list(self.session.book.entries.values()), "engines": self.session.engine_info}
+            payload = {"entries": list(self.session.book.entries.values()), "engines": self.session.pool.info}
             session.config.workeroutput[WORKER_OUTPUT_KEY] = json.dumps(payload, default=str)  # type: ignore[attr-defined]
 
     # everywhere ---------------------------------------------------------------------------

@@ -32,6 +32,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("metrics",),
     ("results",),
     ("progress", "hookspecs", "commands"),
+    ("engine_pool",),
+    ("case_runner",),
     ("session", "cli"),
     ("xdist",),
     ("plugin",),

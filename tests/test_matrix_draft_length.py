@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pytest_speedbench.errors import UsageError
-from pytest_speedbench.session import SpeedbenchSession, build_matrix
+from pytest_speedbench.engine_pool import EnginePool
+from pytest_speedbench.session import build_matrix
 from pytest_speedbench.settings.matrix import expand, twin_of
 from pytest_speedbench.settings.options import build_settings
 
@@ -30,18 +33,16 @@ def test_one_draft_length_keeps_ids_and_params_unchanged() -> None:
     assert all("draft_length" not in c.params() for c in m.cases)
 
 
-def _session(cli: dict) -> SpeedbenchSession:
-    session = object.__new__(SpeedbenchSession)  # no preflight: only the matrix and engine configs
-    session.settings = build_settings({"profile": "none", **cli})
-    session.matrix = build_matrix(session.settings)
-    return session
+def _session(cli: dict) -> EnginePool:
+    settings = build_settings({"profile": "none", **cli})
+    return EnginePool(settings, build_matrix(settings), Path())
 
 
 def test_one_engine_start_per_drafter_and_draft_length() -> None:
     s = _session({"engine": "llamacpp", "drafter": "none,ngram", "draft_length": "1,2,4", "batch_size": "1,4"})
     keys = list(dict.fromkeys(s.engine_key(c) for c in s.matrix.cases))
     assert keys == ["llamacpp-none", "llamacpp-ngram-g1", "llamacpp-ngram-g2", "llamacpp-ngram-g4"]
-    configs = {k: s.engine_config(k) for k in keys}
+    configs = {k: s.config(k) for k in keys}
     assert [configs[k].draft_length for k in keys[1:]] == [1, 2, 4]
     assert all(c.drafter == "ngram" and c.max_batch_size == 4 for c in list(configs.values())[1:])
     assert configs["llamacpp-none"].drafter == "none"
@@ -50,7 +51,7 @@ def test_one_engine_start_per_drafter_and_draft_length() -> None:
 def test_single_draft_length_keeps_the_old_engine_key() -> None:
     s = _session({"engine": "llamacpp", "drafter": "none,ngram", "draft_length": "4"})
     assert [s.engine_key(c) for c in s.matrix.cases] == ["llamacpp-none", "llamacpp-ngram"]
-    assert s.engine_config("llamacpp-ngram").draft_length == 4
+    assert s.config("llamacpp-ngram").draft_length == 4
 
 
 @pytest.mark.parametrize("raw, message", [("0", "--draft-length: 0 must be at least 1"),

@@ -11,7 +11,6 @@ import pytest
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.metrics import rounds as R
 from pytest_speedbench.results import gates
-from pytest_speedbench.session import merge_rounds
 
 
 def _run(tps_by_prompt: dict[str, float], tokens: int = 20) -> RunRecords:
@@ -112,7 +111,7 @@ def test_merge_rounds_sums_run_counters():
     a, b = _run({"a": 10}), _run({"a": 11})
     a.engine_counters = {"steps": 10, "accepted": 5, "accepted_per_pos": [3, 2]}
     b.engine_counters = {"steps": 12, "accepted": 7, "accepted_per_pos": [4, 2, 1]}
-    merged = merge_rounds([a, b])
+    merged = R.merge_rounds([a, b])
     assert len(merged.requests) == 2 and merged.client_info["rounds"] == 2
     assert merged.engine_counters == {"steps": 22, "accepted": 12, "accepted_per_pos": [7, 4, 1]}
 

@@ -80,16 +80,16 @@ def _run_drafter(root: Path, drafter: str, model: str) -> dict[str, Any]:
     settings = build_settings(cli, {}, TIER_YAML)
     session = SpeedbenchSession(settings, root)
     key = f"sglang-{drafter}"
-    engine = session.start_engine(key)
+    engine = session.pool.start(key)
     pgid = engine._server.pid if engine._server is not None else None  # noqa: SLF001 - teardown check
     results: dict[int, Any] = {}
     try:
         for case in session.matrix.cases:
             result = session.run_case(case, engine, f"real::{case.id}", case.id)
-            results[case.batch_size] = (case, result, session.runs[case][0])
+            results[case.batch_size] = (case, result, session.runner.runs[case][0])
     finally:
         engine.stop()
-    return {"engine_info": session.engine_info[key], "results": results, "pgid": pgid,
+    return {"engine_info": session.pool.info[key], "results": results, "pgid": pgid,
             "port": engine.base_url.rsplit(":", 1)[-1]}
 
 

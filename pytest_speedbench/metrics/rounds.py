@@ -17,6 +17,8 @@ import numpy as np
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.metrics import stats
 from pytest_speedbench.metrics.catalogue import SPEEDUP_KEYS
+from pytest_speedbench.metrics.run import output_tps
+from pytest_speedbench.metrics.speedup import compute_speedups
 
 #: a measured speedup above AL x (1 + margin) is physically implausible: a verification step
 #: (drafting included) never costs less than one autoregressive step, so tokens per second can
@@ -201,3 +203,59 @@ def assess_stability(speedups: dict[str, Any], al: float | None, al_ci: Sequence
                        + f" ({spread:.0%} apart, more than {max_spread:.0%}): the machine was not steady")
     return {"verdict": "unstable" if reasons else "stable", "reasons": reasons,
             "rounds": len(per_round) or None, "round_speedups_user_tps": per_round, "round_effect": effect}
+
+
+def merge_rounds(runs: Sequence[RunRecords]) -> RunRecords:
+    """One RunRecords over every pass: requests concatenated, run-level counters summed
+    (numbers added, per-position lists added element-wise), `client_info.rounds` = passes."""
+    requests = [r for run in runs for r in run.requests]
+    counters = None
+    if any(run.engine_counters for run in runs):
+        counters = {}
+        for run in runs:
+            for key, value in (run.engine_counters or {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    counters[key] = counters.get(key, 0) + value
+                elif isinstance(value, list):
+                    prev = counters.get(key) or []
+                    width = max(len(prev), len(value))
+                    counters[key] = [(prev[i] if i < len(prev) else 0) + (value[i] if i < len(value) else 0)
+                                     for i in range(width)]
+    info = dict(runs[-1].client_info) if runs else {}
+    info["rounds"] = len(runs)
+    return RunRecords(requests, counters, info)
+
+
+def output_tps_rounds(extra: dict[str, Any], runs: Sequence[RunRecords]) -> None:
+    """Per-pass output TPS into `extra` (`output_tps_rounds`), and `output_tps` = their mean:
+    a measured window must not span the other side's passes."""
+    per_round = [output_tps([r for r in run.measured if r.ok]) for run in runs]
+    extra["output_tps_rounds"] = per_round
+    extra["output_tps"] = float(sum(v for v in per_round if v) / len(per_round)) if all(per_round) else None
+
+
+def interleaved_speedups(sd_runs: Sequence[RunRecords], ar_runs: Sequence[RunRecords], extra: dict[str, Any],
+                         ar_extra: dict[str, Any], *, seed: int = 0) -> tuple[dict[str, Any], list[float]]:
+    """(speedup keys + `stability`, the AR side's mean user TPS per round) of an SD case measured
+    in rounds with its twin. `extra` and `ar_extra` are the two sides' run metrics; their
+    `output_tps` becomes the mean over passes (`output_tps_rounds`).
+
+    speedup_user_tps = ratio of means over (round, prompt) cells measured on both sides, with the
+    paired two-level bootstrap interval (`paired_rounds_ci`); speedup_output_tps_rounds[r] =
+    output_tps(SD, r) / output_tps(AR, r); the stability verdict from `assess_stability`.
+    """
+    for side, runs in ((extra, sd_runs), (ar_extra, ar_runs)):
+        output_tps_rounds(side, runs)
+    speedups = compute_speedups(merge_rounds(sd_runs), merge_rounds(ar_runs), extra, ar_extra, seed=seed)
+    sd_tps, ar_tps, keys = paired_user_tps(sd_runs, ar_runs)
+    if keys:
+        speedups["speedup_user_tps"] = ratio_of_means(sd_tps, ar_tps)
+        speedups["speedup_user_tps_ci95"] = paired_rounds_ci(sd_tps, ar_tps, seed=seed)
+    speedups["speedup_output_tps_rounds"] = [
+        s / a for s, a in zip(extra["output_tps_rounds"], ar_extra["output_tps_rounds"]) if s and a]
+    speedups["speedup_method"] = (f"interleaved: {len(sd_runs)} round(s) AR, SD over the same {len(keys)} "
+                                  "prompt turn(s); interval over rounds and prompts, paired")
+    speedups["stability"] = assess_stability(speedups, extra.get("acceptance_length"),
+                                             extra.get("acceptance_length_ci95"),
+                                             sd_tps if keys else None, ar_tps if keys else None)
+    return speedups, (ar_tps.mean(axis=1).tolist() if keys else [])

@@ -51,3 +51,21 @@ class RunRecord:
         selection = self.section.get("selection") or {}
         how = [f"{flag} {selection[key]!r}" for flag, key in (("-k", "keyword"), ("-m", "markexpr")) if selection.get(key)]
         return ", ".join(how) or "deselected"
+
+    def lines(self, allow_missing: bool) -> list[str]:
+        """The run's status and, when gated, the baseline cases this run lacks (terminal summary)."""
+        section = self.section
+        lines = [f"speedbench: run {section['status']}" + (f": {section['reason']}" if section.get("reason") else "")]
+        if section.get("save_error"):
+            lines.append(f"speedbench: the run's final status was not saved: {section['save_error']}")
+        failing = [g for g in self.gaps if not g.allowed]
+        if failing:
+            lines.append(f"speedbench: {'ALLOWED' if allow_missing else 'FAILED'}: {len(failing)} baseline case(s) "
+                         f"missing from this run (missing means failed"
+                         + ("; --speedbench-allow-missing accepts it)" if not allow_missing else ")"))
+            lines += [f"  {g.message()}" for g in failing]
+        left = [g for g in self.gaps if g.allowed]
+        if left:
+            lines.append(f"speedbench: not gated, {len(left)} baseline case(s) left out by the selection:")
+            lines += [f"  {g.message()}" for g in left]
+        return lines

@@ -126,3 +126,17 @@ def render(entries: Sequence[dict[str, Any]]) -> list[str]:
         lines.append("unstable (speedups not trusted, not judged as regressions):")
         lines += [f"  {name}: {reason}" for name, st in unstable for reason in st.get("reasons") or []]
     return lines
+
+
+def summary_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+    """The terminal summary: the table (`render`), then each case's warnings and repeat check."""
+    lines = render(entries)
+    for entry in entries:
+        extra = entry.get("extra_info", {})
+        for warning in extra.get("warnings") or []:
+            lines.append(f"WARNING {entry.get('param') or entry.get('name')}: {warning}")
+        repeat = extra.get("repeat_check") or {}
+        if repeat.get("verdict") in ("pass", "fail"):
+            lines.append(f"repeat check {entry.get('param') or entry.get('name')}: {repeat['verdict']}: "
+                         f"{repeat['reason']}")
+    return lines
