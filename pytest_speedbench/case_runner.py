@@ -25,7 +25,7 @@ from pytest_speedbench.metrics.per_request import mean_isl, per_request_rows
 from pytest_speedbench.metrics.run import compute_run_metrics
 from pytest_speedbench.results import fingerprint as fp
 from pytest_speedbench.results.gates import junit_properties
-from pytest_speedbench.settings.matrix import Case
+from pytest_speedbench.settings.matrix import Case, EngineKey
 from pytest_speedbench.settings.options import Settings
 
 
@@ -73,9 +73,9 @@ class CaseRunner:
         twin = case.twin() if case.is_speculative and self.interleave else None
         return twin is not None and twin in self.cases
 
-    def twin_still_needed(self, key: str) -> bool:
+    def twin_still_needed(self, key: EngineKey) -> bool:
         """Whether an SD case still to run interleaves with the engine `key` as its AR twin."""
-        return any(self.interleaves(c) and self.pool.engine_key(c.twin()) == key and c not in self.runs
+        return any(self.interleaves(c) and c.twin().engine_key == key and c not in self.runs
                    for c in self.cases)
 
     def load_spec(self, case: Case) -> LoadSpec:
@@ -84,7 +84,7 @@ class CaseRunner:
                         ignore_eos=s.ignore_eos)
 
     def draft_length(self, case: Case) -> int | None:
-        return self.pool.config(self.pool.engine_key(case)).draft_length if case.is_speculative else None
+        return self.pool.config(case.engine_key).draft_length if case.is_speculative else None
 
     def measure(self, case: Case, engine: Engine, progress: Progress | None = None
                 ) -> tuple[RunRecords, dict[str, Any]]:
@@ -92,7 +92,7 @@ class CaseRunner:
         items = self.workload.items(case.dataset_config)
         warm, warm_source = self.workload.warmup_items(case.dataset_config, self.settings.warmup)
         twin = case.twin() if self.interleaves(case) else None
-        sides = [(self.pool.acquire(self.pool.engine_key(twin)), "ar")] if twin is not None else []
+        sides = [(self.pool.acquire(twin.engine_key), "ar")] if twin is not None else []
         sides.append((engine, "sd"))
         count = self.settings.rounds if twin is not None else 1
         runs: dict[str, list[RunRecords]] = {"ar": [], "sd": []}
@@ -118,7 +118,7 @@ class CaseRunner:
         else:
             extra.update(self.speedups_for(case, run, extra))
         extra.update(client=run.client_info, engine_counters=run.engine_counters,  # run-level deltas (vLLM)
-                     engine_key=self.pool.engine_key(case))
+                     engine_key=str(case.engine_key))
         lengths = {item.prompt_id: len(item.first_ids) for item in items}  # for `speedbench sweep|predict`
         extra["per_request"] = per_request_rows(run, lengths, draft_length=draft_length)
         extra["isl_mean"] = mean_isl(extra["per_request"])

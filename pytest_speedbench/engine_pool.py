@@ -1,6 +1,6 @@
 """The session's engines: one configuration per engine key, started once, stopped when done.
 
-An engine key (engine, drafter, draft length) is one engine start: its cases share the running
+An `EngineKey` (engine, drafter, draft length) is one engine start: its cases share the running
 engine. The pool decides whether an engine can run here (installed, or preparable: a build or a
 model conversion), turns the settings into its `EngineConfig`, and keeps an AR twin running past
 its own cases while an SD case still measures against it in interleaved rounds.
@@ -18,7 +18,7 @@ from pytest_speedbench.engines.base import Engine, EngineConfig
 from pytest_speedbench.engines.prepare import preparations_for, run_preparations
 from pytest_speedbench.engines.spec import engine_extra
 from pytest_speedbench.errors import EngineNotInstalled
-from pytest_speedbench.settings.matrix import Case, Matrix
+from pytest_speedbench.settings.matrix import Case, EngineKey, Matrix
 from pytest_speedbench.settings.options import Settings
 
 
@@ -27,27 +27,19 @@ class EnginePool:
         self.settings = settings
         self.matrix = matrix
         self.workdir = workdir
-        #: launch facts and server info of every engine started, by key (saved with the results)
+        #: launch facts and server info of every engine started, by str(key) (saved with the results)
         self.info: dict[str, dict[str, Any]] = {}
         #: running engines by key; an AR twin's stays up past its own cases while SD cases need it
-        self.running: dict[str, Engine] = {}
+        self.running: dict[EngineKey, Engine] = {}
         #: key -> whether a case still to run needs that engine (the case runner's interleaving)
-        self.still_needed: Callable[[str], bool] = lambda key: False
+        self.still_needed: Callable[[EngineKey], bool] = lambda key: False
         self._availability: dict[str, str | None] = {}
         #: engines the session may prepare (build, convert) before the first test: not named by the user
         self.preparable: set[str] = set()
         self._prepared: set[str] = set()
 
-    @staticmethod
-    def engine_key(case: Case) -> str:
-        """engine-drafter, plus -gN when the case sweeps draft lengths: one engine start each."""
-        gamma = "" if case.draft_length is None else f"-g{case.draft_length}"
-        return f"{case.engine}-{case.drafter}{gamma}"
-
-    def config(self, key: str) -> EngineConfig:
-        engine, _, rest = key.partition("-")
-        drafter, _, gamma = rest.partition("-g")
-        s = self.settings
+    def config(self, key: EngineKey) -> EngineConfig:
+        engine, drafter, s = key.engine, key.drafter, self.settings
         urls = s.server_urls()
         per_engine = s.per_engine.get(engine, {})
         extra_args = per_engine.get("engine_args") or []
@@ -55,13 +47,13 @@ class EnginePool:
             extra_args = shlex.split(extra_args)
         args = tuple(str(a) for a in extra_args) + tuple(shlex.split(s.engine_args or ""))
         args = (parallel_args(engine, per_engine) if not urls else ()) + args  # tp/pp/multi-node flags
-        sizes = [c.batch_size for c in self.matrix.cases if self.engine_key(c) == key]
+        sizes = [c.batch_size for c in self.matrix.cases if c.engine_key == key]
         return EngineConfig(
             engine=engine,
             drafter=drafter,
             model=per_engine.get("model", s.model),
             draft_model=per_engine.get("draft_model", s.draft_model),
-            draft_length=int(gamma) if gamma else int(per_engine.get("draft_length", s.draft_length[0])),
+            draft_length=key.draft_length or int(per_engine.get("draft_length", s.draft_length[0])),
             max_batch_size=max(sizes, default=1),
             server_url=urls.get(drafter, urls.get("*")),
             engine_args=args,
@@ -86,7 +78,7 @@ class EnginePool:
                 except EngineNotInstalled as exc:
                     if "engine" in self.settings.explicit:
                         raise
-                    if preparations_for(engine, self.config(f"{engine}-none").model):
+                    if preparations_for(engine, self.config(EngineKey(engine, "none")).model):
                         self.preparable.add(engine)
                     else:
                         reason = str(exc)
@@ -104,7 +96,7 @@ class EnginePool:
             if self.settings.server_urls() or engine in self._prepared or self._availability.get(engine):
                 continue
             self._prepared.add(engine)
-            found = preparations_for(engine, self.config(f"{engine}-none").model)
+            found = preparations_for(engine, self.config(EngineKey(engine, "none")).model)
             if engine not in self.preparable:  # named or ready: only the cheap, transparent steps
                 found = [step for step in found if not step.installs]
             steps += found
@@ -123,25 +115,25 @@ class EnginePool:
             )
         return None
 
-    def start(self, key: str) -> Engine:
+    def start(self, key: EngineKey) -> Engine:
         config = self.config(key)
         reason = self._availability.get(config.engine)
         if reason:  # its preparation failed after collection
             raise EngineNotInstalled(reason)
-        engine = create_engine(config, self.workdir / key)
-        (self.workdir / key).mkdir(parents=True, exist_ok=True)
+        engine = create_engine(config, self.workdir / str(key))
+        (self.workdir / str(key)).mkdir(parents=True, exist_ok=True)
         engine.start()
-        self.info[key] = engine.info()
+        self.info[str(key)] = engine.info()
         return engine
 
-    def acquire(self, key: str) -> Engine:
+    def acquire(self, key: EngineKey) -> Engine:
         """The running engine for `key`, started on first use (by its fixture or by an SD case
         that measures its AR twin in rounds)."""
         if key not in self.running:
             self.running[key] = self.start(key)
         return self.running[key]
 
-    def release(self, key: str) -> None:
+    def release(self, key: EngineKey) -> None:
         """Stop the engine when its fixture is done, unless a case still to run needs it (an SD
         case interleaving with it as its AR twin: then `stop_all` stops it at the session's end)."""
         if self.still_needed(key):

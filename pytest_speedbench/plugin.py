@@ -137,7 +137,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for case in session.matrix.cases:
         reason = session.pool.skip_reason(case)
         marks = [pytest.mark.skip(reason=reason)] if reason else []
-        params.append(pytest.param(case, session.pool.engine_key(case), id=case.id, marks=marks))
+        params.append(pytest.param(case, case.engine_key, id=case.id, marks=marks))
     metafunc.parametrize([CASE_FIXTURE, ENGINE_FIXTURE], params, indirect=[ENGINE_FIXTURE], scope="session")
 
 
@@ -159,18 +159,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def speedbench_engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """The running engine instance for one (engine, drafter) configuration; started once.
     An engine that turns out not to be installed skips its cases with the reason."""
-    session, terminal = _session(request.config), Terminal(request.config)
+    session, terminal, key = _session(request.config), Terminal(request.config), request.param
     try:
         # first build or convert, once and cached, what this engine still needs, saying so
-        session.pool.prepare([request.param.partition("-")[0]], lambda text: terminal.line(text, always=True),
-                        detailed=not terminal.quiet)
-        engine = session.pool.acquire(request.param)
+        session.pool.prepare([key.engine], lambda text: terminal.line(text, always=True), detailed=not terminal.quiet)
+        engine = session.pool.acquire(key)
     except EngineNotInstalled as exc:
-        pytest.skip(f"{request.param.partition('-')[0]} is not available: {exc}")
+        pytest.skip(f"{key.engine} is not available: {exc}")
     try:
         yield engine
     finally:
-        session.pool.release(request.param)
+        session.pool.release(key)
 
 
 @pytest.fixture

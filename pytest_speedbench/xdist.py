@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,7 +98,7 @@ def group_mode(env: Mapping[str, str] | None = None) -> str:
 
 def scope_map(cases: Sequence[Any], mode: str) -> dict[str, str]:
     """case id -> scheduling scope (engine, or engine-drafter)."""
-    return {c.id: (c.engine if mode == "engine" else f"{c.engine}-{c.drafter}") for c in cases}
+    return {c.id: (c.engine if mode == "engine" else str(replace(c.engine_key, draft_length=None))) for c in cases}
 
 
 def scope_of(nodeid: str, scopes: Mapping[str, str]) -> str:

@@ -15,6 +15,7 @@ from pytest_speedbench.engines.llama_build import cache_root
 from pytest_speedbench.engines.llamacpp import build_argv
 from pytest_speedbench.errors import UsageError
 from pytest_speedbench.session import SpeedbenchSession
+from pytest_speedbench.settings.matrix import EngineKey
 from pytest_speedbench.settings.options import build_settings
 
 YAML = """
@@ -42,15 +43,15 @@ def _settings(tmp_path: Path, text: str):
 
 def test_every_engine_option_reaches_the_engine_config(tmp_path):
     session = SpeedbenchSession(_settings(tmp_path, YAML), tmp_path)
-    llama = session.pool.config("llamacpp-none")
+    llama = session.pool.config(EngineKey("llamacpp", "none"))
     assert dict(llama.extra) == {"ctx_per_slot": 1536, "threads": 1}
     argv = build_argv("llama-server", llama, model="m.gguf", draft_model=None, port=1, threads=llama.option("threads"))
     assert argv[argv.index("--parallel") + 1] == "1"
     assert argv[argv.index("--ctx-size") + 1] == "1536"
-    vllm = session.pool.config("vllm-none")
+    vllm = session.pool.config(EngineKey("vllm", "none"))
     assert vllm.option("speculative_config") == {"prompt_lookup_min": 2}
     assert vllm.model == "some/model" and vllm.engine_args[:2] == ("--tensor-parallel-size", "2")
-    assert dict(session.pool.config("hf-none").extra) == {"dtype": "float32", "ngram_size": 3}
+    assert dict(session.pool.config(EngineKey("hf", "none")).extra) == {"dtype": "float32", "ngram_size": 3}
 
 
 @pytest.mark.parametrize("engine, key", [("llamacpp", "ctx_per_slott"), ("hf", "speculative_config")])

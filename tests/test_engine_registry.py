@@ -21,6 +21,7 @@ from conftest import REPO, SUITE
 from pytest_speedbench import engines
 from pytest_speedbench.engines.spec import EngineSpec
 from pytest_speedbench.errors import EngineNotInstalled, UsageError
+from pytest_speedbench.settings.matrix import expand
 
 TOY_MODULE = '''
 """A toy in-process engine from another distribution: every step emits two tokens."""
@@ -29,7 +30,7 @@ from pytest_speedbench.engines.spec import EngineSpec
 
 
 class ToyEngine(InProcessEngine):
-    name = "toy"
+    name = "NAME"
 
     def start(self):
         self.started = True
@@ -38,7 +39,7 @@ class ToyEngine(InProcessEngine):
         pass
 
     def info(self):
-        return {**super().info(), "greeting": self.config.option("greeting")}
+        return {**super().info(), "greeting": self.config.option("greeting"), "draft_length": self.config.draft_length}
 
     def generate(self, prompt_ids, sampling, on_chunk):
         on_chunk([1])
@@ -47,19 +48,20 @@ class ToyEngine(InProcessEngine):
         return None
 
 
-SPEC = EngineSpec("toy", ToyEngine, drafters=("none", "ngram"), max_concurrency=4,
+SPEC = EngineSpec("NAME", ToyEngine, drafters=("none", "ngram"), max_concurrency=4,
                   options={"greeting": "a word the toy engine records in its info"},
                   install_hint="pip install speedbench-toy")
 '''
 
 
-def install_toy(folder: Path) -> Path:
-    """A pip-style install of `speedbench-toy` into `folder`: module + dist-info with the entry point."""
-    (folder / "speedbench_toy.py").write_text(TOY_MODULE)
+def install_toy(folder: Path, name: str = "toy") -> Path:
+    """A pip-style install of `speedbench-toy` into `folder`: module + dist-info with the entry
+    point, for an engine called `name`."""
+    (folder / "speedbench_toy.py").write_text(TOY_MODULE.replace("NAME", name))
     info = folder / "speedbench_toy-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: speedbench-toy\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[pytest_speedbench.engines]\ntoy = speedbench_toy:SPEC\n")
+    (info / "entry_points.txt").write_text(f"[pytest_speedbench.engines]\n{name} = speedbench_toy:SPEC\n")
     return folder
 
 
@@ -98,6 +100,7 @@ def test_entry_point_must_give_an_engine_spec(tmp_path, monkeypatch):
 def test_external_engine_runs_a_case(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path,
                                      monkeypatch):
     site = install_toy(pytester.mkdir("site"))
+    monkeypatch.delitem(sys.modules, "speedbench_toy", raising=False)
     monkeypatch.syspath_prepend(str(site))
     assert isinstance(engines.get_spec("toy"), EngineSpec)
     # a fresh interpreter, as after `pip install`: the entry point is found on its sys.path
@@ -121,6 +124,61 @@ def test_external_engine_runs_a_case(pytester: pytest.Pytester, tiny_tokenizer_d
     assert by_drafter["ngram"]["extra_info"]["acceptance_length"] == pytest.approx(2.0)
     # the engine-specific option reached the engine
     assert doc["speedbench"]["engines"]["toy-none"]["greeting"] == "hello"
+
+
+def test_engine_named_with_a_dash_runs_end_to_end(pytester: pytest.Pytester, tiny_tokenizer_dir: Path,
+                                                  prompts_file: Path, monkeypatch):
+    """`my-engine` through the entry point: the engine key is typed, never split at '-', so each
+    (drafter, draft length) gets its own start with the whole name, and the SD cases measure
+    against the right twin."""
+    site = install_toy(pytester.mkdir("site"), name="my-engine")
+    monkeypatch.delitem(sys.modules, "speedbench_toy", raising=False)  # another test's toy
+    monkeypatch.syspath_prepend(str(site))
+    assert engines.get_spec("my-engine").name == "my-engine"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(REPO)]))
+    pytester.makepyfile(test_speedbench=SUITE)
+    pytester.makefile(".yaml", speedbench="engines:\n  my-engine:\n    greeting: hi\n")
+    out = pytester.path / "run.json"
+    result = pytester.runpytest_subprocess(
+        "--engine=my-engine", "--drafter=none,ngram", "--draft-length=2,3", f"--tokenizer={tiny_tokenizer_dir}",
+        f"--dataset={prompts_file}", "--num-prompts=2", "--split=qualitative", "--warmup=0", "--output-len=9",
+        f"--speedbench-json={out}", "-p", "no:cacheprovider", "-W", "ignore::Warning",
+    )
+    result.assert_outcomes(passed=3)
+    doc = json.loads(out.read_text())
+    started = doc["speedbench"]["engines"]
+    assert set(started) == {"my-engine-none", "my-engine-ngram-g2", "my-engine-ngram-g3"}
+    assert {k: (v["engine"], v["drafter"], v["draft_length"], v["greeting"]) for k, v in started.items()} == {
+        "my-engine-none": ("my-engine", "none", 2, "hi"),  # one twin serves every draft length
+        "my-engine-ngram-g2": ("my-engine", "ngram", 2, "hi"),
+        "my-engine-ngram-g3": ("my-engine", "ngram", 3, "hi"),
+    }
+    sd = [b for b in doc["benchmarks"] if b["params"]["drafter"] == "ngram"]
+    assert sorted(b["extra_info"]["engine_key"] for b in sd) == ["my-engine-ngram-g2", "my-engine-ngram-g3"]
+    for b in sd:
+        assert b["params"]["engine"] == "my-engine" and b["extra_info"]["acceptance_length"] == pytest.approx(2.0)
+        assert b["extra_info"]["speedup_baseline"] == "my-engine-none-qualitative-bs1-t0"
+
+
+@pytest.mark.parametrize("name", ["My-Engine", "my engine", "my--engine", "-my", "my-", "2fast", "my,engine", ""])
+def test_bad_engine_names_are_refused_at_registration(tmp_path, monkeypatch, name):
+    install_toy(tmp_path, name="toy")
+    (tmp_path / "speedbench_toy.py").write_text(TOY_MODULE.replace('"NAME"', repr(name)))
+    monkeypatch.delitem(sys.modules, "speedbench_toy", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError) as info:
+        engines.registry()
+    message = str(info.value)
+    assert f"engine name {name!r}" in message and "entry point 'toy'" in message and "e.g. my-engine" in message
+
+
+def test_engine_key_text_keeps_the_whole_engine_name():
+    from pytest_speedbench.settings.matrix import EngineKey
+
+    case = expand(["hf"], ["ngram"], ["qualitative"], [], [1], [0.0], draft_lengths=[2, 3]).cases[0]
+    assert case.engine_key == EngineKey("hf", "ngram", 2) and str(case.engine_key) == "hf-ngram-g2"
+    assert case.twin().engine_key == EngineKey("hf", "none")
+    assert str(EngineKey("my-engine", "none")) == "my-engine-none"
 
 
 def test_installed_checks_follow_the_spec(monkeypatch, tmp_path):

@@ -40,9 +40,9 @@ def _session(cli: dict) -> EnginePool:
 
 def test_one_engine_start_per_drafter_and_draft_length() -> None:
     s = _session({"engine": "llamacpp", "drafter": "none,ngram", "draft_length": "1,2,4", "batch_size": "1,4"})
-    keys = list(dict.fromkeys(s.engine_key(c) for c in s.matrix.cases))
+    keys = list(dict.fromkeys(str(c.engine_key) for c in s.matrix.cases))
     assert keys == ["llamacpp-none", "llamacpp-ngram-g1", "llamacpp-ngram-g2", "llamacpp-ngram-g4"]
-    configs = {k: s.config(k) for k in keys}
+    configs = {str(c.engine_key): s.config(c.engine_key) for c in s.matrix.cases}
     assert [configs[k].draft_length for k in keys[1:]] == [1, 2, 4]
     assert all(c.drafter == "ngram" and c.max_batch_size == 4 for c in list(configs.values())[1:])
     assert configs["llamacpp-none"].drafter == "none"
@@ -50,8 +50,8 @@ def test_one_engine_start_per_drafter_and_draft_length() -> None:
 
 def test_single_draft_length_keeps_the_old_engine_key() -> None:
     s = _session({"engine": "llamacpp", "drafter": "none,ngram", "draft_length": "4"})
-    assert [s.engine_key(c) for c in s.matrix.cases] == ["llamacpp-none", "llamacpp-ngram"]
-    assert s.config("llamacpp-ngram").draft_length == 4
+    assert [str(c.engine_key) for c in s.matrix.cases] == ["llamacpp-none", "llamacpp-ngram"]
+    assert s.config(s.matrix.cases[1].engine_key).draft_length == 4
 
 
 @pytest.mark.parametrize("raw, message", [("0", "--draft-length: 0 must be at least 1"),

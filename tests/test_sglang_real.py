@@ -21,6 +21,7 @@ import pytest
 from pytest_speedbench.engines.lifecycle import process_group_members
 from pytest_speedbench.models import cache_root
 from pytest_speedbench.session import SpeedbenchSession
+from pytest_speedbench.settings.matrix import EngineKey
 from pytest_speedbench.settings.options import build_settings
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.real_sglang]
@@ -79,7 +80,7 @@ def _run_drafter(root: Path, drafter: str, model: str) -> dict[str, Any]:
            "ready_timeout": "900", "request_timeout": "600", "json": str(root / "results.json")}
     settings = build_settings(cli, {}, TIER_YAML)
     session = SpeedbenchSession(settings, root)
-    key = f"sglang-{drafter}"
+    key = EngineKey("sglang", drafter)
     engine = session.pool.start(key)
     pgid = engine._server.pid if engine._server is not None else None  # noqa: SLF001 - teardown check
     results: dict[int, Any] = {}
@@ -89,7 +90,7 @@ def _run_drafter(root: Path, drafter: str, model: str) -> dict[str, Any]:
             results[case.batch_size] = (case, result, session.runner.runs[case][0])
     finally:
         engine.stop()
-    return {"engine_info": session.pool.info[key], "results": results, "pgid": pgid,
+    return {"engine_info": session.pool.info[str(key)], "results": results, "pgid": pgid,
             "port": engine.base_url.rsplit(":", 1)[-1]}
 
 

@@ -150,9 +150,10 @@ def test_scopes_follow_engine_or_configuration():
 def test_parallel_flags_reach_the_launched_engine_config(tmp_path):
     from pytest_speedbench.settings.options import build_settings
     from pytest_speedbench.session import SpeedbenchSession
+    from pytest_speedbench.settings.matrix import EngineKey
 
     yaml = tmp_path / "speedbench.yaml"
     yaml.write_text("engines:\n  sglang:\n    tensor_parallel: 2\n    engine_args: --mem-fraction-static 0.8\n")
     settings = build_settings({"engine": "sglang", "drafter": "none"}, {}, yaml)
-    config = SpeedbenchSession(settings, tmp_path).pool.config("sglang-none")
+    config = SpeedbenchSession(settings, tmp_path).pool.config(EngineKey("sglang", "none"))
     assert config.engine_args == ("--tp-size", "2", "--mem-fraction-static", "0.8")

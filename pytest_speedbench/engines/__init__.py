@@ -10,8 +10,9 @@ modules; callers that look up many engines take one `registry()` and keep it.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
+import re
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,21 @@ DRAFTERS: tuple[str, ...] = ("none", "ngram", "draft", "eagle", "eagle3", "mtp")
 #: modules of pytest_speedbench.engines that end in `SPEC = EngineSpec(...)`
 BUILTIN: tuple[str, ...] = ("sglang", "vllm", "trtllm", "llamacpp", "hf")
 ENTRY_POINT_GROUP = "pytest_speedbench.engines"
+#: lowercase words of letters and digits joined by single '-' or '_': safe in a comma-separated
+#: --engine list, a speedbench.yaml key, a test id and a folder name
+ENGINE_NAME = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
 
 
-def _entry_point_specs() -> list[EngineSpec]:
-    """Each entry point names an EngineSpec, or a module holding one as SPEC."""
+def check_engine_name(name: object, where: str) -> None:
+    """UsageError naming the bad engine name, where it came from and the rule."""
+    if not isinstance(name, str) or not ENGINE_NAME.fullmatch(name):
+        raise UsageError(f"engine name {name!r} ({where}) is not valid: use lowercase letters and digits, "
+                         "words joined by single '-' or '_', starting with a letter (e.g. my-engine)")
+
+
+def _entry_point_specs() -> list[tuple[EngineSpec, str]]:
+    """(spec, where it came from) per entry point, which names an EngineSpec or a module
+    holding one as SPEC."""
     specs = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         loaded = ep.load()
@@ -34,7 +46,7 @@ def _entry_point_specs() -> list[EngineSpec]:
         if not isinstance(spec, EngineSpec):
             raise UsageError(f"entry point {ep.name!r} ({ep.value}) in group {ENTRY_POINT_GROUP} gives "
                              f"{type(spec).__name__}, not an EngineSpec (or a module with SPEC = EngineSpec(...))")
-        specs.append(spec)
+        specs.append((spec, f"entry point {ep.name!r} = {ep.value} in group {ENTRY_POINT_GROUP}"))
     return specs
 
 
@@ -43,8 +55,10 @@ def registry() -> dict[str, EngineSpec]:
     specs: dict[str, EngineSpec] = {}
     for module in BUILTIN:
         spec = importlib.import_module(f"pytest_speedbench.engines.{module}").SPEC
+        check_engine_name(spec.name, f"pytest_speedbench.engines.{module}.SPEC")
         specs[spec.name] = spec
-    for spec in _entry_point_specs():
+    for spec, where in _entry_point_specs():
+        check_engine_name(spec.name, where)
         if spec.name in specs:
             raise UsageError(f"engine {spec.name!r} from entry point group {ENTRY_POINT_GROUP} is already "
                              "registered; give it another name")

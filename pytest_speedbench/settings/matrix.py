@@ -26,6 +26,24 @@ def format_temperature(t: float) -> str:
 
 
 @dataclass(frozen=True)
+class EngineKey:
+    """One engine start: the engine, its drafter and, when the matrix sweeps draft lengths, the
+    draft length. Cases with the same key share one running engine.
+
+    Its text (`engine-drafter[-gN]`) names the engine's log folder and its facts in the results;
+    it is never parsed back, so an engine name may itself contain '-' (`my-engine`).
+    """
+
+    engine: str
+    drafter: str
+    draft_length: int | None = None
+
+    def __str__(self) -> str:
+        gamma = "" if self.draft_length is None else f"-g{self.draft_length}"
+        return f"{self.engine}-{self.drafter}{gamma}"
+
+
+@dataclass(frozen=True)
 class Case:
     engine: str
     drafter: str
@@ -42,6 +60,11 @@ class Case:
         split = self.split if self.bucket is None else f"{self.split}-{self.bucket}"
         gamma = "" if self.draft_length is None else f"-g{self.draft_length}"
         return f"{self.engine}-{self.drafter}-{split}-bs{self.batch_size}-t{format_temperature(self.temperature)}{gamma}"
+
+    @property
+    def engine_key(self) -> EngineKey:
+        """The engine instance this case runs on: one start per (engine, drafter, draft length)."""
+        return EngineKey(self.engine, self.drafter, self.draft_length)
 
     @property
     def is_speculative(self) -> bool:
