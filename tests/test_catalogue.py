@@ -1,9 +1,9 @@
 """The metric catalogue is the one list of metrics: a row added there shows up everywhere.
 
-The end-to-end test adds a dummy metric through one monkeypatched catalogue row (with its own
-formula) and finds it in the terminal summary, the JUnit properties, the results file, the
-gates (a threshold on it fails the case), `speedbench compare` and the report page, with no
-other edit.
+The end-to-end test adds a dummy AL-family metric through one monkeypatched catalogue row (with
+its own formula over the reconciled step view) and finds it in the terminal summary, the JUnit
+properties, the results file, the gates (a threshold on it fails the case), `speedbench compare`
+and the report page, with no other edit: nothing in metrics/run.py names it.
 """
 
 from __future__ import annotations
@@ -30,13 +30,29 @@ except ImportError:  # pragma: no cover - the report extra is missing
 DUMMY = catalogue.MetricSpec(
     "dummy_metric", "widgets", catalogue.HIGHER, "dummy", has_ci=False,
     shown={catalogue.TABLE: (), catalogue.COMPARE: (), catalogue.REPORT: (), catalogue.JUNIT: ()},
-    compute=lambda requests: 40.0 + len(requests),
+    # tokens per decode step over requests with a decode step, plus 40: the view's reconciled D
+    compute=lambda view: 40.0 + view.tokens / view.decode_steps + 0 * len(view.requests),
 )
 
 
 def test_docs_metric_table_is_the_catalogue():
     text = (REPO / "docs" / "gates.md").read_text()
     assert catalogue.markdown_table() in text
+
+
+def test_docs_metrics_reference_is_the_catalogue():
+    """docs/metrics.md's table of every extra_info key is generated (catalogue.reference_table)."""
+    text = (REPO / "docs" / "metrics.md").read_text()
+    generated = text.split("<!-- metric-table: generated -->\n", 1)[1].split("\n<!-- /metric-table -->", 1)[0]
+    assert generated == catalogue.reference_table(), "regenerate docs/metrics.md's table: catalogue.reference_table()"
+
+
+def test_every_row_declares_its_keys_once():
+    keys = [k for m in catalogue.METRICS for k in m.keys()]
+    assert len(keys) == len(set(keys)) and "acceptance_length_ci95" in keys and "gate" in keys
+    assert catalogue.undeclared({"acceptance_length": 2.0, "acceptance_length_by_category": {}, "mystery": 1}) == [
+        "mystery"]
+    assert not any(m.gated for m in catalogue.METRICS if m.kind == catalogue.DIAGNOSTIC)
 
 
 def test_every_gated_path_has_a_direction_and_a_row():
@@ -76,7 +92,8 @@ def test_dummy_metric_appears_everywhere(monkeypatch, pytester: pytest.Pytester,
     result.assert_outcomes(failed=1)
     entry = json.loads(out.read_text())["benchmarks"][0]
     value = entry["extra_info"]["dummy_metric"]
-    assert value == 40.0 + entry["extra_info"]["num_requests"]
+    assert value == pytest.approx(40.0 + entry["extra_info"]["acceptance_length_pooled"])
+    assert catalogue.undeclared(entry["extra_info"]) == []  # every key of the entry has a row
     assert any(f"dummy_metric: {gates.fmt(value)} below minimum 1000" in r for r in entry["extra_info"]["gate"]["reasons"])
     # the terminal summary: its own column
     head = next(line for line in result.outlines if line.startswith("case "))

@@ -7,6 +7,8 @@ import json
 import pytest
 from conftest import SUITE
 
+from pytest_speedbench.metrics import catalogue
+
 SD = "sglang-eagle3-qualitative-bs1-t0"
 AR = "sglang-none-qualitative-bs1-t0"
 
@@ -38,6 +40,8 @@ def test_sd_case_alternates_with_its_twin(rounds, pytester, fake_sglang, tiny_to
     lo, hi = sd["speedup_user_tps_ci95"]
     assert lo <= sd["speedup_user_tps"] <= hi
     assert len(sd["speedup_output_tps_rounds"]) == rounds
+    for extra in entries.values():  # the results schema is the catalogue: every key has a row
+        assert catalogue.undeclared(extra) == []
     twin = entries[AR]["interleaved_rounds"][SD]
     assert len(twin["user_tps_mean_rounds"]) == rounds and len(twin["output_tps_rounds"]) == rounds
     # the servers saw the twin's own pass, then AR, SD, AR, SD, ... blocks of one pass each

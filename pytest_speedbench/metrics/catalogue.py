@@ -1,10 +1,15 @@
-"""Every metric the results carry, declared once: name, unit, direction, interval, label, where shown.
+"""Every key the results' `extra_info` carries, declared once: name, unit, direction, interval,
+label, where shown, meaning.
 
 The terminal summary (results/table.py), `speedbench compare`, the report page, the gates'
-metric names and directions, the JUnit properties and docs/gates.md's metric table are all read
-from `METRICS`, so a new metric is one row here: nothing else lists metric names. A row may
-carry its own formula (`compute`, over the measured successful requests); rows without one are
-computed together in metrics/run.py (AL and its source, latencies) or metrics/speedup.py.
+metric names and directions, the JUnit properties and the metric tables of docs/gates.md and
+docs/metrics.md are all read from `METRICS`, so a new metric is one row here: nothing else lists
+metric names. A row may carry its own formula (`compute`), which receives the run's reconciled
+step view (metrics/run.py `StepView`: the measured successful requests, each with its decode
+steps and their source, and the totals E, D, S, A), so an AL-family metric needs no edit in
+run.py; rows without one are computed together in metrics/run.py (AL and its source,
+latencies), metrics/speedup.py and metrics/rounds.py, or recorded by the case runner. Keys that
+explain a figure rather than measure something are rows of kind DIAGNOSTIC: declared, never gated.
 
 Consumers read `METRICS` when called, never copy it at import, so a test can add a row with
 monkeypatch and see it everywhere.
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_speedbench.errors import UsageError
+from pytest_speedbench.metrics import steps
 
 #: the places a metric can be shown; `MetricSpec.shown` maps some of them to what is shown
 TABLE, COMPARE, REPORT, JUNIT = "table", "compare", "report", "junit"
@@ -24,6 +30,8 @@ VIEWS: tuple[str, ...] = (TABLE, COMPARE, REPORT, JUNIT)
 #: a summary metric is an object {mean, std, p50, p90, p99}; a metric path names one statistic
 SUMMARY_STATS: tuple[str, ...] = ("mean", "std", "p50", "p90", "p99")
 HIGHER, LOWER, NEUTRAL = +1, -1, 0
+#: kinds of rows: a number, an object of SUMMARY_STATS, a label, or a diagnostic (any JSON value)
+SCALAR, SUMMARY, TEXT, DIAGNOSTIC = "scalar", "summary", "text", "diagnostic"
 #: the speedups over the drafter=none twin (rows below, computed in metrics/speedup.py): defined
 #: for SD cases only, and the metrics a drift between the twin's and the case's measurement moves
 SPEEDUP_KEYS: tuple[str, ...] = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
@@ -46,8 +54,9 @@ class MetricSpec:
     label: str
     #: `<name>_ci95` holds the run's 95% bootstrap interval [lo, hi]
     has_ci: bool = False
-    #: "scalar" (a number), "summary" ({mean, std, p50, p90, p99}) or "text" (a label, never gated)
-    kind: str = "scalar"
+    #: SCALAR (a number), SUMMARY ({mean, std, p50, p90, p99}), TEXT (a label, never gated) or
+    #: DIAGNOSTIC (any JSON value that explains a figure, never gated)
+    kind: str = SCALAR
     #: `<name>_by_category` holds {category: value}; thresholds with `category` may bound it
     per_category: bool = False
     shown: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -57,13 +66,19 @@ class MetricSpec:
     digits: int = 2
     #: text metrics: how a value is abbreviated in the terminal summary
     abbreviations: Mapping[str, str] = field(default_factory=dict)
-    #: the formula, when the metric is a function of the measured successful requests alone
-    compute: Callable[[Sequence[Any]], Any] | None = None
+    #: the formula, over the run's reconciled step view (metrics/run.py `StepView`)
+    compute: Callable[[Any], Any] | None = None
+    #: what it means, for docs/metrics.md's generated table
+    doc: str = ""
 
     @property
     def gated(self) -> bool:
         """Whether rules and thresholds may name it."""
-        return self.direction != NEUTRAL and self.kind != "text"
+        return self.direction != NEUTRAL and self.kind in (SCALAR, SUMMARY)
+
+    def keys(self) -> list[str]:
+        """The `extra_info` keys this row declares: its name, `<name>_ci95`, `<name>_by_category`."""
+        return [self.name] + [f"{self.name}_ci95"] * self.has_ci + [f"{self.name}_by_category"] * self.per_category
 
     def paths(self, view: str) -> list[str]:
         """The metric paths shown in `view`: [name] for a scalar, [name.stat, ...] for a summary."""
@@ -86,50 +101,127 @@ class MetricSpec:
 
 
 def _summary_row(name: str, unit: str, direction: int, label: str, **kw: Any) -> MetricSpec:
-    return MetricSpec(name, unit, direction, label, kind="summary", **kw)
+    return MetricSpec(name, unit, direction, label, kind=SUMMARY, **kw)
+
+
+def _diagnostic(name: str, doc: str, unit: str = "") -> MetricSpec:
+    return MetricSpec(name, unit, NEUTRAL, name, kind=DIAGNOSTIC, doc=doc)
+
+
+def _per_draft_al(view: Any) -> float | None:
+    """1 + A / S: the engines' own "mean acceptance length" (A before truncation)."""
+    return steps.per_draft_al(view.accepted or 0, view.drafted_steps or 0)
+
+
+def _drafted_step_fraction(view: Any) -> float | None:
+    """S / D; None when the engine does not count drafted steps."""
+    return steps.drafted_step_fraction(view.drafted_steps, view.decode_steps) if view.drafted_steps is not None else None
 
 
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("acceptance_length", "tokens/step", HIGHER, "AL", has_ci=True, per_category=True,
-               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="AL (95% CI)"),
-    MetricSpec("acceptance_length_pooled", "tokens/step", HIGHER, "AL pooled", shown={COMPARE: (), JUNIT: ()}),
+               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="AL (95% CI)",
+               doc="mean over requests of E / D (tokens after the prefill token per decode step)"),
+    MetricSpec("acceptance_length_pooled", "tokens/step", HIGHER, "AL pooled", shown={COMPARE: (), JUNIT: ()},
+               doc="sum E / sum D over the requests"),
     # 1 + A / S: what vLLM (`vllm bench serve` "Acceptance length") and SGLang ("Accept length")
     # print for the same run, so the summary shows it beside AL under a name their users know
     MetricSpec("acceptance_length_per_draft", "tokens/drafted step", HIGHER, "AL per draft",
-               shown={TABLE: (), COMPARE: (), JUNIT: ()}, column="engine AL/draft"),
-    MetricSpec("drafted_step_fraction", "fraction", NEUTRAL, "drafted steps", shown={JUNIT: ()}),
-    MetricSpec("acceptance_length_all_chunks", "tokens/chunk", HIGHER, "AL all chunks"),
-    MetricSpec("al_source", "", NEUTRAL, "AL src", kind="text", shown={TABLE: (), JUNIT: ()},
-               abbreviations={"engine_counters": "counters", "chunks": "chunks", "chunks+engine_counters": "mixed"}),
-    MetricSpec("al_source_reason", "", NEUTRAL, "AL src reason", kind="text", shown={JUNIT: ()}),
-    MetricSpec("al_histogram_source", "", NEUTRAL, "histogram src", kind="text", shown={JUNIT: ()}),
+               shown={TABLE: (), COMPARE: (), JUNIT: ()}, column="engine AL/draft", compute=_per_draft_al,
+               doc="1 + A / S, the engines' own mean acceptance length"),
+    MetricSpec("drafted_step_fraction", "fraction", NEUTRAL, "drafted steps", shown={JUNIT: ()},
+               compute=_drafted_step_fraction, doc="S / D: decode steps with a proposed draft"),
+    MetricSpec("acceptance_length_all_chunks", "tokens/chunk", HIGHER, "AL all chunks",
+               doc="mean tokens per streamed chunk, chunk 0 included (specdec_bench's definition)"),
+    MetricSpec("al_source", "", NEUTRAL, "AL src", kind=TEXT, shown={TABLE: (), JUNIT: ()},
+               abbreviations={"engine_counters": "counters", "chunks": "chunks", "chunks+engine_counters": "mixed"},
+               doc="where D came from: chunks, engine_counters or chunks+engine_counters"),
+    MetricSpec("al_source_reason", "", NEUTRAL, "AL src reason", kind=TEXT, shown={JUNIT: ()},
+               doc="why, the first reason of the list in 'Where D comes from' any request has"),
+    MetricSpec("al_histogram_source", "", NEUTRAL, "histogram src", kind=TEXT, shown={JUNIT: ()},
+               doc="where the histogram and conditional rates came from (the AL's own source)"),
     MetricSpec("speedup_user_tps", "x", HIGHER, "speedup user", has_ci=True,
-               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl"),
+               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl",
+               doc="user TPS(SD) / user TPS(AR) against the drafter=none twin"),
     MetricSpec("speedup_output_tps", "x", HIGHER, "speedup output", has_ci=True,
-               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl"),
+               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl",
+               doc="output TPS(SD) / output TPS(AR)"),
     MetricSpec("speedup_analytical", "x", HIGHER, "speedup analytical", has_ci=True,
-               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl"),
+               shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl",
+               doc="step_latency(AR) x AL(SD) / step_latency(SD) (SPEED-Bench)"),
     _summary_row("user_tps", "tokens/s", HIGHER, "user TPS",
-                 shown={COMPARE: ("mean",), REPORT: ("mean",), JUNIT: ("mean",)}),
+                 shown={COMPARE: ("mean",), REPORT: ("mean",), JUNIT: ("mean",)},
+                 doc="per request E / (t_{n-1} - t_0)"),
     _summary_row("ttft_s", "s", LOWER, "TTFT",
                  shown={TABLE: ("p50", "p99"), COMPARE: ("p50", "p99"), REPORT: ("p99",), JUNIT: ("p50", "p99")},
-                 column="TTFT p50/p99 ms", scale=1e3, digits=1),
+                 column="TTFT p50/p99 ms", scale=1e3, digits=1, doc="per request t_0 - t_s"),
     MetricSpec("output_tps", "tokens/s", HIGHER, "output TPS", shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()},
-               column="out TPS", digits=1),
+               column="out TPS", digits=1,
+               doc="tokens of the measured requests / their window (rounds: mean of the passes)"),
     # the headline: total decode time / total decode steps (the server's own pooled figure);
     # the per-request mean (step_latency_s.mean) beside it
     MetricSpec("step_latency_pooled_s", "s", LOWER, "step latency pooled",
                shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="step ms pooled/req-mean",
-               scale=1e3, digits=2),
+               scale=1e3, digits=2, doc="sum of decode times / sum of reconciled D (the server's own pooled figure)"),
     _summary_row("step_latency_s", "s", LOWER, "step latency", shown={TABLE: ("mean",), COMPARE: ("mean",)},
-                 column="step ms pooled/req-mean", scale=1e3, digits=2),
+                 column="step ms pooled/req-mean", scale=1e3, digits=2,
+                 doc="per request (t_{n-1} - t_0) / reconciled D"),
     _summary_row("tpot_s", "s", LOWER, "TPOT",
-                 shown={COMPARE: ("mean", "p99"), REPORT: ("mean",), JUNIT: ("mean", "p99")}),
-    _summary_row("e2e_s", "s", LOWER, "E2E"),
-    MetricSpec("num_requests", "requests", NEUTRAL, "requests", shown={JUNIT: ()}),
-    MetricSpec("num_output_tokens", "tokens", NEUTRAL, "output tokens", shown={JUNIT: ()}),
-    # mean turn-0 prompt length in target tokens (with `per_request`, the rows speedbench sweep|predict read)
-    MetricSpec("isl_mean", "tokens", NEUTRAL, "mean ISL", shown={JUNIT: ()}),
+                 shown={COMPARE: ("mean", "p99"), REPORT: ("mean",), JUNIT: ("mean", "p99")},
+                 doc="per request (t_{n-1} - t_0) / E"),
+    _summary_row("e2e_s", "s", LOWER, "E2E", doc="per request t_{n-1} - t_s"),
+    MetricSpec("num_requests", "requests", NEUTRAL, "requests", shown={JUNIT: ()},
+               doc="measured requests that succeeded"),
+    MetricSpec("num_output_tokens", "tokens", NEUTRAL, "output tokens", shown={JUNIT: ()},
+               doc="tokens of the measured successful requests"),
+    MetricSpec("isl_mean", "tokens", NEUTRAL, "mean ISL", shown={JUNIT: ()},
+               doc="mean turn-0 prompt length in target tokens"),
+    # -- diagnostics: what explains the figures above ------------------------------------------
+    _diagnostic("acceptance_length_by_category_source", "the AL source of the per-category ALs"),
+    _diagnostic("acceptance_length_chunks", "mean request AL with D from the chunks alone", "tokens/step"),
+    _diagnostic("acceptance_length_counters", "mean request AL with D from the engine counters alone", "tokens/step"),
+    _diagnostic("al_source_reasons", "{reason: requests}: every reason seen"),
+    _diagnostic("al_source_detail", "the reason in words"),
+    _diagnostic("num_decode_steps", "D summed over the requests", "steps"),
+    _diagnostic("num_decode_steps_server", "the server's own decode-step count of the run (vLLM), when it has one",
+                "steps"),
+    _diagnostic("decode_steps_server_residual", "steps the per-request reconciliation missed before the cut's "
+                "hidden steps were assigned", "steps"),
+    _diagnostic("num_drafted_steps", "S summed (None when the engine does not count it)", "steps"),
+    _diagnostic("num_accepted_drafts", "A summed, the engine's own count", "tokens"),
+    _diagnostic("al_histogram", "{k: decode steps that emitted k tokens}, from the AL's source"),
+    _diagnostic("al_histogram_source_reason", "why the histogram has that source"),
+    _diagnostic("al_histogram_chunks", "the histogram of the streamed chunks, for diagnosis"),
+    _diagnostic("conditional_acceptance_rate", "per draft position i: P(>= i accepted | >= i-1 accepted)"),
+    _diagnostic("conditional_acceptance_source", "where the conditional rates came from"),
+    _diagnostic("conditional_acceptance_basis", "drafted steps, or decode steps when S is unknown"),
+    _diagnostic("draft_length", "gamma: --draft-length, else the longest observed draft", "tokens"),
+    _diagnostic("step_latency_effective_mean_s", "mean per request decode time / reconciled D", "s"),
+    _diagnostic("num_steps", "streamed decode steps (chunks after the first)", "steps"),
+    _diagnostic("num_single_chunk_requests", "requests whose whole answer came in one chunk", "requests"),
+    _diagnostic("num_errors", "measured requests that failed", "requests"),
+    _diagnostic("num_empty", "measured requests that returned no token", "requests"),
+    _diagnostic("num_warmup", "warmup requests (outside every figure)", "requests"),
+    _diagnostic("speedup_analytical_inputs", "the step latencies and AL the analytical speedup used"),
+    _diagnostic("speedup_baseline", "the twin case the speedups are over"),
+    _diagnostic("speedup_note", "why a speedup is missing"),
+    _diagnostic("speedup_method", "how the speedups were measured (one pass, interleaved rounds)"),
+    _diagnostic("speedup_output_tps_rounds", "output-TPS speedup per round"),
+    _diagnostic("output_tps_rounds", "output TPS per pass of the rounds", "tokens/s"),
+    _diagnostic("stability", "{verdict, reasons, rounds, round_speedups_user_tps, round_effect}"),
+    _diagnostic("interleaved_rounds", "on a twin's entry: {SD case: the AR rounds measured beside it}"),
+    _diagnostic("client", "the client's self-diagnostics: transport, shards, loop lag, rounds"),
+    _diagnostic("engine_counters", "run-level engine counters (vLLM Prometheus deltas), for audit"),
+    _diagnostic("engine_key", "the engine instance the case ran on (engine-drafter[-gN])"),
+    _diagnostic("per_request", "one row per measured request turn (speedbench sweep|predict read them)"),
+    _diagnostic("state_reset", "what reset the engine's cross-request state before the case"),
+    _diagnostic("state_reset_rounds", "the reset before each SD pass of the rounds"),
+    _diagnostic("warmup_prompts", "{source: outside|measured, count, prompt_ids}"),
+    _diagnostic("warnings", "why earlier requests may have changed this case's acceptance"),
+    _diagnostic("repeat_check", "--speedbench-repeat-check: the second pass's AL against the first's interval"),
+    _diagnostic("gate", "{verdict: pass|fail|skip|unstable, reasons, checks}"),
+    _diagnostic("error", "why the case could not be measured"),
+    _diagnostic("placement", "GPUs, xdist worker and parallel settings the case ran with"),
 )
 
 
@@ -196,9 +288,32 @@ def _bad(path: str, where: str, hint: str) -> str:
     raise UsageError(f"{where}: unknown metric {path!r}{hint}; valid metrics: {', '.join(gated_paths())}")
 
 
-def computed(requests: Sequence[Any]) -> dict[str, Any]:
-    """Values of the rows that carry their own formula, over the measured successful requests."""
-    return {m.name: m.compute(requests) for m in METRICS if m.compute is not None}
+def computed(view: Any) -> dict[str, Any]:
+    """Values of the rows that carry their own formula, over the run's reconciled step view."""
+    return {m.name: m.compute(view) for m in METRICS if m.compute is not None}
+
+
+def declared_keys() -> set[str]:
+    """Every `extra_info` key a row declares."""
+    return {key for m in METRICS for key in m.keys()}
+
+
+def undeclared(extra_info: Mapping[str, Any]) -> list[str]:
+    """The keys of `extra_info` no row declares (the results schema is the catalogue)."""
+    known = declared_keys()
+    return sorted(k for k in extra_info if k not in known)
+
+
+def reference_table() -> str:
+    """docs/metrics.md's table: every row, what it is, where it is shown and what it means."""
+    lines = ["| key | kind | unit | regresses on | shown in | meaning |", "|---|---|---|---|---|---|"]
+    for m in METRICS:
+        extra = [k for k in m.keys()[1:]]
+        name = f"`{m.name}`" + "".join(f", `{k}`" for k in extra)
+        regresses = ("drop" if m.direction == HIGHER else "rise") if m.gated else ""
+        where = ", ".join(m.shown)
+        lines.append(f"| {name} | {m.kind} | {m.unit} | {regresses} | {where} | {m.doc} |")
+    return "\n".join(lines)
 
 
 def markdown_table() -> str:

@@ -150,7 +150,9 @@ class StepView:
 
     Per request (`per_request`, D > 0 only) when any request has counters or none has; from
     run-level counters (vLLM's Prometheus deltas) otherwise, when `run_level` holds the pooled
-    StepCount and per-request D is known only when the chunks won.
+    StepCount and per-request D is known only when the chunks won. A catalogue row's `compute`
+    receives it: `requests` are the measured successful requests (their times, tokens and
+    counters), `per_request` their reconciled decode steps, the rest the run's totals.
     """
 
     per_request: list[tuple[RequestRecord, StepCount]]
@@ -164,6 +166,7 @@ class StepView:
     #: many steps the per-request counts missed before steps.assign_server_steps (None: no count)
     server_steps: int | None = None
     server_residual: int | None = None
+    requests: Sequence[RequestRecord] = ()
 
     @property
     def counts(self) -> list[StepCount]:
@@ -217,7 +220,7 @@ def build_step_view(requests: Sequence[RequestRecord], run_counters: Counters | 
         drafted = _sum_key(counted, "drafted_steps") if counted else None
         per_pos = _sum_positions([c.get("accepted_per_pos") for c in counted]) if counted else None
         return StepView(per, None, tokens, sum(c.decode_steps for _, c in per), accepted, drafted, per_pos,
-                        int(server) if server is not None else None, residual)
+                        int(server) if server is not None else None, residual, requests)
     assert run_counters is not None
     chunk_steps = sum(request_steps(r) for r in requests)
     window = gamma * len(requests) if gamma is not None else None
@@ -228,7 +231,8 @@ def build_step_view(requests: Sequence[RequestRecord], run_counters: Counters | 
     server = run_counters.get("decode_steps")
     return StepView(per, run_count, tokens, run_count.decode_steps, run_counters.get("accepted"),
                     int(drafted) if drafted is not None else None, list(per_pos) if per_pos else None,
-                    int(server) if server is not None else None, int(server) - chunk_steps if server is not None else None)
+                    int(server) if server is not None else None, int(server) - chunk_steps if server is not None else None,
+                    requests)
 
 
 def authoritative_step_histogram(
@@ -327,9 +331,6 @@ def compute_run_metrics(
         "acceptance_length": al,
         "acceptance_length_ci95": stats.bootstrap_ci(als, n_boot=n_boot, seed=seed) if als else None,
         "acceptance_length_pooled": pooled,
-        "acceptance_length_per_draft": steps.per_draft_al(view.accepted or 0, view.drafted_steps or 0),
-        "drafted_step_fraction": steps.drafted_step_fraction(view.drafted_steps, view.decode_steps)
-        if view.drafted_steps is not None else None,
         "acceptance_length_all_chunks": float(np.mean(all_chunks)) if all_chunks else None,
         "acceptance_length_by_category": _al_by_category(ok, request_als),
         "acceptance_length_by_category_source": view.source,
@@ -370,7 +371,7 @@ def compute_run_metrics(
         "num_errors": sum(1 for r in measured if r.error is not None),
         "num_empty": sum(1 for r in measured if r.error is None and not r.chunk_tokens),
         "num_warmup": len(run.requests) - len(measured),
-        **catalogue.computed(ok),
+        **catalogue.computed(view),  # the rows with their own formula (acceptance_length_per_draft, ...)
     }
 
 
