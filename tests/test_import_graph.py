@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("measure",),
     ("metrics",),
     ("results",),
+    ("analysis",),
     ("progress", "hookspecs", "commands"),
     ("engine_pool",),
     ("case_runner",),

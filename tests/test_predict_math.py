@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_speedbench.metrics.predict import (
+from pytest_speedbench.analysis.predict import (
     LatencyPoint, Observation, PredictionError, fit_line, leave_one_out, mix_acceptance_length,
     predict_speedup, step_latency_at,
 )

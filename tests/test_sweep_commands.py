@@ -171,7 +171,7 @@ def test_predict_usage_errors_name_the_bad_value(capsys, results: Path, argv: li
 
 
 def test_sweep_figure_has_one_line_per_batch_size_over_the_draft_lengths(results: Path) -> None:
-    from pytest_speedbench.results import sweeps
+    from pytest_speedbench.analysis import sweeps
     from pytest_speedbench.results.export import load_runs
 
     groups = sweeps.sweep(sweeps.entries(load_runs([str(results)])), n_boot=200)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_speedbench.metrics.sweep import (
+from pytest_speedbench.analysis.sweep import (
     RunSide, choose_draft_length, overestimation_pct, paired_speedup_samples, prompt_totals,
 )
 

@@ -1,7 +1,7 @@
 """`speedbench predict RESULTS... --mix coding=0.5,writing=0.5 --isl 3000 --batch-size 4`: predicted speedup.
 
 S = t_AR(isl, b) x AL(mix) / t_SD(isl, b) from the measured cases (maths and error band in
-`metrics/predict.py`): step-latency lines over ISL per batch size, interpolated between
+`analysis/predict.py`): step-latency lines over ISL per batch size, interpolated between
 batch sizes, and the mix's weighted per-category AL. `--check` predicts every measured SD case
 from the others (leave-one-out) and prints the error against its measured user-TPS speedup.
 """
@@ -49,8 +49,8 @@ def _select(configs: list[Any], args: argparse.Namespace) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pytest_speedbench.metrics.predict import PredictionError, leave_one_out, pool_als, predict_speedup
-    from pytest_speedbench.results import sweeps
+    from pytest_speedbench.analysis.predict import PredictionError, leave_one_out, pool_als, predict_speedup
+    from pytest_speedbench.analysis import sweeps
 
     if args.isl is not None and args.isl <= 0:
         raise UsageError(f"--isl {args.isl}: give a positive prompt length in target tokens")

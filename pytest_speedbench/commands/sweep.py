@@ -3,7 +3,7 @@
 For every (engine, drafter, workload, temperature) in the results and every batch size: the
 output-TPS speedup of each draft length over the drafter=none run, its 95% interval, the best
 draft length and whether it beats the runner-up by a paired bootstrap over prompts (maths in
-`metrics/sweep.py`). Random-token control runs (split `random`) are also set beside their real
+`analysis/sweep.py`). Random-token control runs (split `random`) are also set beside their real
 bucket: AL and speedup real vs random and the overestimation in percent.
 """
 
@@ -21,7 +21,7 @@ FORMATS = ("text", "markdown", "csv")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pytest_speedbench.results import sweeps
+    from pytest_speedbench.analysis import sweeps
 
     if args.n_boot < 100:
         raise UsageError(f"--n-boot {args.n_boot} is too small for a 95% interval; use 100 or more (default 2000)")

@@ -1,6 +1,6 @@
 """Results entries -> the sweep's and the predictor's inputs, and their tables and plot.
 
-Maths lives in `metrics.sweep` and `metrics.predict`; this module only reads saved benchmark
+Maths lives in `analysis.sweep` and `analysis.predict`; this module only reads saved benchmark
 entries (params + extra_info, including the `per_request` rows) and renders.
 """
 
@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.metrics.per_request import mean_isl
-from pytest_speedbench.metrics.predict import LatencyPoint, Observation
-from pytest_speedbench.metrics.sweep import BatchChoice, RunSide, choose_draft_length, overestimation_pct, prompt_totals
+from pytest_speedbench.analysis.predict import LatencyPoint, Observation
+from pytest_speedbench.analysis.sweep import BatchChoice, RunSide, choose_draft_length, overestimation_pct, prompt_totals
 from pytest_speedbench.results.export import Run, case_id
+from pytest_speedbench.settings.matrix import Case
 
 #: the split whose prompts are random tokens (the control); never used to predict real workloads
 CONTROL_SPLIT = "random"
@@ -24,21 +25,45 @@ CONTROL_SPLIT = "random"
 
 @dataclass(frozen=True)
 class Entry:
-    """One measured benchmark entry with the fields the sweep and the predictor read."""
+    """One measured benchmark entry: its case (the matrix's `Case`, rebuilt from the entry's
+    params, with the draft length the run used) and its `extra_info`."""
 
-    case: str
-    engine: str
-    drafter: str
-    split: str
-    bucket: str | None
-    batch_size: int
-    temperature: float
-    draft_length: int | None  # None for drafter=none
+    id: str
+    case: Case
     info: Mapping[str, Any]
 
     @property
+    def engine(self) -> str:
+        return self.case.engine
+
+    @property
+    def drafter(self) -> str:
+        return self.case.drafter
+
+    @property
+    def batch_size(self) -> int:
+        return self.case.batch_size
+
+    @property
+    def temperature(self) -> float:
+        return self.case.temperature
+
+    @property
+    def split(self) -> str:
+        return self.case.split
+
+    @property
+    def bucket(self) -> str | None:
+        return self.case.bucket
+
+    @property
+    def draft_length(self) -> int | None:
+        """The draft length the SD run used (params, else the run's own); None for drafter=none."""
+        return self.case.draft_length
+
+    @property
     def workload(self) -> str:
-        return self.split if not self.bucket else f"{self.split}-{self.bucket}"
+        return self.case.split if not self.case.bucket else f"{self.case.split}-{self.case.bucket}"
 
     @property
     def rows(self) -> list[Mapping[str, Any]]:
@@ -47,7 +72,7 @@ class Entry:
 
 def entries(runs: Iterable[Run]) -> list[Entry]:
     """Measured entries of every run (errored cases skipped); a later run's case replaces an earlier one."""
-    out: dict[tuple[Any, ...], Entry] = {}
+    out: dict[Case, Entry] = {}
     for run in runs:
         for bench in run.doc.get("benchmarks", []):
             p, info = bench.get("params") or {}, bench.get("extra_info") or {}
@@ -55,10 +80,10 @@ def entries(runs: Iterable[Run]) -> list[Entry]:
                 continue
             speculative = p.get("drafter") != "none"
             g = p.get("draft_length", info.get("draft_length")) if speculative else None
-            e = Entry(case_id(bench), str(p.get("engine")), str(p.get("drafter")), str(p.get("split")),
-                      p.get("bucket"), int(p.get("batch_size") or 1), float(p.get("temperature") or 0.0),
-                      int(g) if g is not None else None, info)
-            out[(e.engine, e.drafter, e.workload, e.batch_size, e.temperature, e.draft_length)] = e
+            case = Case(str(p.get("engine")), str(p.get("drafter")), str(p.get("split")), p.get("bucket"),
+                        int(p.get("batch_size") or 1), float(p.get("temperature") or 0.0),
+                        int(g) if g is not None else None)
+            out[case] = Entry(case_id(bench), case, info)
     return list(out.values())
 
 
@@ -294,7 +319,7 @@ def observation(e: Entry) -> Observation | None:
             if r.get("al") is not None:
                 als.setdefault(str(r.get("cat")), []).append(float(r["al"]))
     return Observation(
-        e.case, speculative, LatencyPoint(float(isl), e.batch_size, tuple(lat)),
+        e.id, speculative, LatencyPoint(float(isl), e.batch_size, tuple(lat)),
         {c: tuple(v) for c, v in als.items()},
         e.info.get("speedup_user_tps") if speculative else None,
         e.info.get("speedup_baseline") if speculative else None,
@@ -329,6 +354,6 @@ def predict_configs(all_entries: Sequence[Entry]) -> list[PredictConfig]:
         obs, skipped = [], []
         for e in members:
             o = observation(e)
-            (obs.append(o) if o is not None else skipped.append(e.case))
+            (obs.append(o) if o is not None else skipped.append(e.id))
         out.append(PredictConfig(engine, drafter, g, temp, tuple(obs), tuple(skipped)))
     return out
