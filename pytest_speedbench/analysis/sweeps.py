@@ -32,34 +32,10 @@ class Entry:
     case: Case
     info: Mapping[str, Any]
 
-    @property
-    def engine(self) -> str:
-        return self.case.engine
-
-    @property
-    def drafter(self) -> str:
-        return self.case.drafter
-
-    @property
-    def batch_size(self) -> int:
-        return self.case.batch_size
-
-    @property
-    def temperature(self) -> float:
-        return self.case.temperature
-
-    @property
-    def split(self) -> str:
-        return self.case.split
-
-    @property
-    def bucket(self) -> str | None:
-        return self.case.bucket
-
-    @property
-    def draft_length(self) -> int | None:
-        """The draft length the SD run used (params, else the run's own); None for drafter=none."""
-        return self.case.draft_length
+    def __getattr__(self, name: str) -> Any:
+        """The case's fields (engine, drafter, split, bucket, batch_size, temperature, draft_length:
+        the draft length the SD run used, None for drafter=none)."""
+        return getattr(self.case, name)
 
     @property
     def workload(self) -> str:

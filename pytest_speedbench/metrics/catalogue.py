@@ -104,8 +104,56 @@ def _summary_row(name: str, unit: str, direction: int, label: str, **kw: Any) ->
     return MetricSpec(name, unit, direction, label, kind=SUMMARY, **kw)
 
 
-def _diagnostic(name: str, doc: str, unit: str = "") -> MetricSpec:
+def _diagnostic(name: str, unit: str, doc: str) -> MetricSpec:
     return MetricSpec(name, unit, NEUTRAL, name, kind=DIAGNOSTIC, doc=doc)
+
+
+#: the keys that explain the figures rather than measure something: name | unit | meaning
+_DIAGNOSTICS = """
+acceptance_length_by_category_source |             | the AL source of the per-category ALs
+acceptance_length_chunks             | tokens/step | mean request AL with D from the chunks alone
+acceptance_length_counters           | tokens/step | mean request AL with D from the engine counters alone
+al_source_reasons                    |             | {reason: requests}: every reason seen
+al_source_detail                     |             | the reason in words
+num_decode_steps                     | steps       | D summed over the requests
+num_decode_steps_server              | steps       | the server's own decode-step count of the run (vLLM), when it has one
+decode_steps_server_residual         | steps       | steps the per-request reconciliation missed before the cut's hidden steps were assigned
+num_drafted_steps                    | steps       | S summed (None when the engine does not count it)
+num_accepted_drafts                  | tokens      | A summed, the engine's own count
+al_histogram                         |             | {k: decode steps that emitted k tokens}, from the AL's source
+al_histogram_source_reason           |             | why the histogram has that source
+al_histogram_chunks                  |             | the histogram of the streamed chunks, for diagnosis
+conditional_acceptance_rate          |             | per draft position i: P(>= i accepted | >= i-1 accepted)
+conditional_acceptance_source        |             | where the conditional rates came from
+conditional_acceptance_basis         |             | drafted steps, or decode steps when S is unknown
+draft_length                         | tokens      | gamma: --draft-length, else the longest observed draft
+step_latency_effective_mean_s        | s           | mean per request decode time / reconciled D
+num_steps                            | steps       | streamed decode steps (chunks after the first)
+num_single_chunk_requests            | requests    | requests whose whole answer came in one chunk
+num_errors                           | requests    | measured requests that failed
+num_empty                            | requests    | measured requests that returned no token
+num_warmup                           | requests    | warmup requests (outside every figure)
+speedup_analytical_inputs            |             | the step latencies and AL the analytical speedup used
+speedup_baseline                     |             | the twin case the speedups are over
+speedup_note                         |             | why a speedup is missing
+speedup_method                       |             | how the speedups were measured (one pass, interleaved rounds)
+speedup_output_tps_rounds            |             | output-TPS speedup per round
+output_tps_rounds                    | tokens/s    | output TPS per pass of the rounds
+stability                            |             | {verdict, reasons, rounds, round_speedups_user_tps, round_effect}
+interleaved_rounds                   |             | on a twin's entry: {SD case: the AR rounds measured beside it}
+client                               |             | the client's self-diagnostics: transport, shards, loop lag, rounds
+engine_counters                      |             | run-level engine counters (vLLM Prometheus deltas), for audit
+engine_key                           |             | the engine instance the case ran on (engine-drafter[-gN])
+per_request                          |             | one row per measured request turn (speedbench sweep|predict read them)
+state_reset                          |             | what reset the engine's cross-request state before the case
+state_reset_rounds                   |             | the reset before each SD pass of the rounds
+warmup_prompts                       |             | {source: outside|measured, count, prompt_ids}
+warnings                             |             | why earlier requests may have changed this case's acceptance
+repeat_check                         |             | --speedbench-repeat-check: the second pass's AL against the first's interval
+gate                                 |             | {verdict: pass|fail|skip|unstable, reasons, checks}
+error                                |             | why the case could not be measured
+placement                            |             | GPUs, xdist worker and parallel settings the case ran with
+"""
 
 
 def _per_draft_al(view: Any) -> float | None:
@@ -176,52 +224,7 @@ METRICS: tuple[MetricSpec, ...] = (
                doc="tokens of the measured successful requests"),
     MetricSpec("isl_mean", "tokens", NEUTRAL, "mean ISL", shown={JUNIT: ()},
                doc="mean turn-0 prompt length in target tokens"),
-    # -- diagnostics: what explains the figures above ------------------------------------------
-    _diagnostic("acceptance_length_by_category_source", "the AL source of the per-category ALs"),
-    _diagnostic("acceptance_length_chunks", "mean request AL with D from the chunks alone", "tokens/step"),
-    _diagnostic("acceptance_length_counters", "mean request AL with D from the engine counters alone", "tokens/step"),
-    _diagnostic("al_source_reasons", "{reason: requests}: every reason seen"),
-    _diagnostic("al_source_detail", "the reason in words"),
-    _diagnostic("num_decode_steps", "D summed over the requests", "steps"),
-    _diagnostic("num_decode_steps_server", "the server's own decode-step count of the run (vLLM), when it has one",
-                "steps"),
-    _diagnostic("decode_steps_server_residual", "steps the per-request reconciliation missed before the cut's "
-                "hidden steps were assigned", "steps"),
-    _diagnostic("num_drafted_steps", "S summed (None when the engine does not count it)", "steps"),
-    _diagnostic("num_accepted_drafts", "A summed, the engine's own count", "tokens"),
-    _diagnostic("al_histogram", "{k: decode steps that emitted k tokens}, from the AL's source"),
-    _diagnostic("al_histogram_source_reason", "why the histogram has that source"),
-    _diagnostic("al_histogram_chunks", "the histogram of the streamed chunks, for diagnosis"),
-    _diagnostic("conditional_acceptance_rate", "per draft position i: P(>= i accepted | >= i-1 accepted)"),
-    _diagnostic("conditional_acceptance_source", "where the conditional rates came from"),
-    _diagnostic("conditional_acceptance_basis", "drafted steps, or decode steps when S is unknown"),
-    _diagnostic("draft_length", "gamma: --draft-length, else the longest observed draft", "tokens"),
-    _diagnostic("step_latency_effective_mean_s", "mean per request decode time / reconciled D", "s"),
-    _diagnostic("num_steps", "streamed decode steps (chunks after the first)", "steps"),
-    _diagnostic("num_single_chunk_requests", "requests whose whole answer came in one chunk", "requests"),
-    _diagnostic("num_errors", "measured requests that failed", "requests"),
-    _diagnostic("num_empty", "measured requests that returned no token", "requests"),
-    _diagnostic("num_warmup", "warmup requests (outside every figure)", "requests"),
-    _diagnostic("speedup_analytical_inputs", "the step latencies and AL the analytical speedup used"),
-    _diagnostic("speedup_baseline", "the twin case the speedups are over"),
-    _diagnostic("speedup_note", "why a speedup is missing"),
-    _diagnostic("speedup_method", "how the speedups were measured (one pass, interleaved rounds)"),
-    _diagnostic("speedup_output_tps_rounds", "output-TPS speedup per round"),
-    _diagnostic("output_tps_rounds", "output TPS per pass of the rounds", "tokens/s"),
-    _diagnostic("stability", "{verdict, reasons, rounds, round_speedups_user_tps, round_effect}"),
-    _diagnostic("interleaved_rounds", "on a twin's entry: {SD case: the AR rounds measured beside it}"),
-    _diagnostic("client", "the client's self-diagnostics: transport, shards, loop lag, rounds"),
-    _diagnostic("engine_counters", "run-level engine counters (vLLM Prometheus deltas), for audit"),
-    _diagnostic("engine_key", "the engine instance the case ran on (engine-drafter[-gN])"),
-    _diagnostic("per_request", "one row per measured request turn (speedbench sweep|predict read them)"),
-    _diagnostic("state_reset", "what reset the engine's cross-request state before the case"),
-    _diagnostic("state_reset_rounds", "the reset before each SD pass of the rounds"),
-    _diagnostic("warmup_prompts", "{source: outside|measured, count, prompt_ids}"),
-    _diagnostic("warnings", "why earlier requests may have changed this case's acceptance"),
-    _diagnostic("repeat_check", "--speedbench-repeat-check: the second pass's AL against the first's interval"),
-    _diagnostic("gate", "{verdict: pass|fail|skip|unstable, reasons, checks}"),
-    _diagnostic("error", "why the case could not be measured"),
-    _diagnostic("placement", "GPUs, xdist worker and parallel settings the case ran with"),
+    *(_diagnostic(*(cell.strip() for cell in line.split("|", 2))) for line in _DIAGNOSTICS.strip().splitlines()),
 )
 
 
@@ -312,7 +315,8 @@ def reference_table() -> str:
         name = f"`{m.name}`" + "".join(f", `{k}`" for k in extra)
         regresses = ("drop" if m.direction == HIGHER else "rise") if m.gated else ""
         where = ", ".join(m.shown)
-        lines.append(f"| {name} | {m.kind} | {m.unit} | {regresses} | {where} | {m.doc} |")
+        meaning = m.doc.replace("|", "\\|")
+        lines.append(f"| {name} | {m.kind} | {m.unit} | {regresses} | {where} | {meaning} |")
     return "\n".join(lines)
 
 
