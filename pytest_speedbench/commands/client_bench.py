@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_speedbench.commands import command
 from pytest_speedbench.errors import UsageError
 
 DEFAULT_CONCURRENCY = (1, 64, 256, 512, 1024)
@@ -333,8 +334,8 @@ def _parse_ints(raw: str, flag: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("client-bench", help="measure the streaming client against a synthetic SSE server",
-                       description=__doc__.splitlines()[0])
+    p = command(sub, "client-bench", help="measure the streaming client against a synthetic SSE server", run=run,
+                description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)),
                    help="concurrent streams per level (comma list)")
     p.add_argument("--events", type=int, default=50, help="events per request")
@@ -344,10 +345,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", default="1,auto", help="client shard modes to compare: counts and/or 'auto'")
     p.add_argument("--transport", default="protocol", help="transports to compare (comma list: protocol,aiohttp)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
-    p.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from pytest_speedbench.measure.transport import resolve_kind
 
     concurrency = _parse_ints(args.concurrency, "--concurrency")

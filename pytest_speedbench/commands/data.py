@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pytest_speedbench.commands import command
 from pytest_speedbench.data.schema import CONFIGS
 from pytest_speedbench.errors import UsageError
 
@@ -14,7 +15,8 @@ from pytest_speedbench.errors import UsageError
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("data", help="inspect benchmark datasets", description=__doc__)
     data_sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    stats = data_sub.add_parser("stats", help="rows, categories, placeholders, o200k and target-token lengths")
+    stats = command(data_sub, "stats", help="rows, categories, placeholders, o200k and target-token lengths",
+                    run=run_stats)
     stats.add_argument("--dataset", default="bundled",
                        help="bundled, hf:NAME, a prepared DIR, a .parquet/.jsonl file, specbench:PATH, mtbench[:PATH]")
     stats.add_argument("--config", default="qualitative",
@@ -25,7 +27,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     stats.add_argument("--chat-template", choices=("on", "off"), default="on",
                        help="count target tokens with the chat template applied (default on)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of text")
-    stats.set_defaults(func=run_stats)
 
 
 def _tokenizer_only_dir(spec: str) -> bool:

@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 
+from pytest_speedbench.commands import command
 from pytest_speedbench import models
 
 
@@ -22,15 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("info", "print the resolved model (name, GGUF source, cache folder, converted?) without converting"),
         ("convert", "convert into the cache now (no-op when already converted) and print the folder"),
     ):
-        a = actions.add_parser(name, help=help_text)
+        a = command(actions, name, help=help_text, run=run)
         a.add_argument("spec", nargs="?", default=None,
                        help=f"bundled name ({models.BUNDLED_NAME}), folder, .gguf file or hub id")
         a.add_argument("--json", action="store_true", help="print JSON")
-        a.set_defaults(func=run)
-    d = actions.add_parser("draft", help="build (once) and print a draft model: the model's first N decoder layers")
+    d = command(actions, "draft", help="build (once) and print a draft model: the model's first N decoder layers",
+                run=run_draft)
     d.add_argument("spec", nargs="?", default=None, help=f"bundled name ({models.BUNDLED_NAME}), folder, .gguf or hub id")
     d.add_argument("--layers", type=int, default=models.DRAFT_LAYERS, help="decoder layers kept (default %(default)s)")
-    d.set_defaults(func=run_draft)
 
 
 def run_draft(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pytest_speedbench.commands import command
 from pytest_speedbench import __version__
 from pytest_speedbench.errors import UsageError
 
@@ -29,8 +30,8 @@ SOURCE_HELP = ("hf (nvidia/SPEED-Bench on the hub, default), hf:NAME, bundled, a
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("prepare", help="resolve placeholders and write a prepared dataset directory",
-                            description=__doc__.splitlines()[0])
+    parser = command(sub, "prepare", help="resolve placeholders and write a prepared dataset directory", run=run,
+                     description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="output directory (DIR/<config>/test.parquet)")
     parser.add_argument("--source", default="hf", help=SOURCE_HELP)
     parser.add_argument("--configs", default="all",
@@ -44,7 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="nemo-skills: only the prompts a suite run with --num-prompts=N sends, in its order")
     parser.add_argument("--seed", type=int, default=0,
                         help="nemo-skills with --num-prompts: the suite run's --speedbench-seed (default 0)")
-    parser.set_defaults(func=run)
 
 
 LAYOUTS = ("parquet", "nemo-skills")

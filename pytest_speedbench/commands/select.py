@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pytest_speedbench.commands import command
 from pytest_speedbench.data.embedders import DEFAULT_EMBEDDER, make_embedder
 from pytest_speedbench.data.selection import mean_pairwise_similarity, normalize_rows, random_select, select_diverse
 from pytest_speedbench.errors import UsageError, bad_value
@@ -48,11 +49,8 @@ class CategoryStats:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "select",
-        help="pick K semantically diverse prompts per category (greedy + local search)",
-        description=__doc__.splitlines()[0],
-    )
+    p = command(subparsers, "select", help="pick K semantically diverse prompts per category (greedy + local search)",
+                run=run, description=__doc__.splitlines()[0])
     p.add_argument("--input", required=True, type=Path, help="candidate rows (.jsonl or .parquet, SPEED-Bench columns)")
     p.add_argument("--per-category", required=True, type=int, metavar="K", help="prompts to keep per category")
     p.add_argument("--out", required=True, type=Path, help="where to write the selected rows (.jsonl)")
@@ -68,7 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the greedy start and the random baseline")
     p.add_argument("--random-trials", type=int, default=5, help="random samples averaged for the baseline")
     p.add_argument("--json", action="store_true", help="print the ablation as JSON")
-    p.set_defaults(func=run)
 
 
 def read_candidates(path: Path) -> list[dict[str, Any]]:
