@@ -8,7 +8,8 @@ import time
 import pytest
 
 from pytest_speedbench.cli import main
-from pytest_speedbench.commands.client_bench import SyntheticServer, format_table, measure_level
+from pytest_speedbench.commands.client_bench import format_table, measure_level
+from pytest_speedbench.measure.synthetic_server import SyntheticServer
 
 
 def test_synthetic_events_carry_their_send_time_and_the_suite_matches_the_emission(tmp_path):
