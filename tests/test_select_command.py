@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pytest_speedbench.cli import main
-from pytest_speedbench.commands import select as select_cmd
+from pytest_speedbench.data import candidates
 from pytest_speedbench.data import embedders
 from pytest_speedbench.data.embedders import (
     OpenAIEmbedder,
@@ -64,7 +64,7 @@ def test_select_end_to_end_with_precomputed_embeddings(tmp_path: Path, capsys: p
     assert code == 0
     rows = read_jsonl(out)
     assert [r["category"] for r in rows] == ["math"] * 5 + ["writing"] * 5
-    assert all(list(r) == list(select_cmd.SCHEMA) for r in rows)
+    assert all(list(r) == list(candidates.SCHEMA) for r in rows)
     assert all(r["multiturn"] is False and r["sub_category"] == "" for r in rows)
     for cat in CATEGORIES:  # one candidate per topic: the near-duplicates were avoided
         assert sorted(topic_of[r["question_id"]] for r in rows if r["category"] == cat) == list(range(TOPICS))
@@ -105,9 +105,9 @@ def test_parquet_input(tmp_path: Path) -> None:
 
 def test_turns_mode() -> None:
     row = {"question_id": "q", "category": "c", "turns": ["first", "second"]}
-    assert select_cmd.prompt_text(row) == "first\n\nsecond"
-    assert select_cmd.prompt_text(row, "first") == "first"
-    assert select_cmd.to_schema(row)["multiturn"] is True
+    assert candidates.prompt_text(row) == "first\n\nsecond"
+    assert candidates.prompt_text(row, "first") == "first"
+    assert candidates.to_schema(row)["multiturn"] is True
 
 
 @pytest.mark.parametrize(
