@@ -25,7 +25,7 @@ def format_temperature(t: float) -> str:
     return f"{t:g}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class EngineKey:
     """One engine start: the engine, its drafter and, when the matrix sweeps draft lengths, the
     draft length. Cases with the same key share one running engine.
@@ -41,6 +41,9 @@ class EngineKey:
     def __str__(self) -> str:
         gamma = "" if self.draft_length is None else f"-g{self.draft_length}"
         return f"{self.engine}-{self.drafter}{gamma}"
+
+    #: pytest's setup plan and the fixture's param show the text (`speedbench_engine[hf-ngram-g2]`)
+    __repr__ = __str__
 
 
 @dataclass(frozen=True)
