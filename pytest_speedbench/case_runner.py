@@ -131,8 +131,8 @@ class CaseRunner:
     def fingerprint(self, case: Case, machine: dict[str, Any]) -> dict[str, str]:
         """Everything besides the code under test that changes this case's numbers
         (results/fingerprint.py): a gate refuses to compare cases whose fingerprints differ."""
-        s, key = self.settings, self.pool.engine_key(case)
-        config, info = self.pool.config(key), self.pool.info.get(key, {})
+        s, key = self.settings, case.engine_key
+        config, info = self.pool.config(key), self.pool.info.get(str(key), {})
         version = info.get("version") or ", ".join(
             f"{k} {info[k]}" for k in ("transformers", "torch") if info.get(k)) or None
         items = self.workload.items(case.dataset_config)

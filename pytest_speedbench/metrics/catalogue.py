@@ -153,6 +153,7 @@ repeat_check                         |             | --speedbench-repeat-check: 
 gate                                 |             | {verdict: pass|fail|skip|unstable, reasons, checks}
 error                                |             | why the case could not be measured
 placement                            |             | GPUs, xdist worker and parallel settings the case ran with
+settings_fingerprint                 |             | what besides the code changes the numbers (model, dataset, lengths, hardware...): a gate refuses to compare differing ones
 """
 
 
