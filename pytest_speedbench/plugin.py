@@ -12,7 +12,7 @@ import pytest
 from pytest_speedbench import hookspecs
 from pytest_speedbench.settings.options import OPTIONS, add_option, build_settings
 from pytest_speedbench.engines.base import Engine
-from pytest_speedbench.errors import EngineNotInstalled, UsageError
+from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError, UsageError
 from pytest_speedbench.progress import CaseProgress, Terminal, minutes
 from pytest_speedbench.settings.matrix import Case
 from pytest_speedbench.session import CaseResult, SpeedbenchSession
@@ -196,10 +196,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if case is not None and session is not None:
         if report.failed and report.when in ("setup", "call") and not session.has_entry(item.nodeid):
             session.record_error(case, item.nodeid, item.name, _failure_reason(call, report))
+        if report.failed and _own_error(call) and not _wants_traceback(item.config):
+            report.longrepr = f"{case.id}: {_failure_reason(call, report)}"  # the cause, not 90 lines of frames
         if report.skipped and report.when == "setup":
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             session.record.skip(case.id, reason.removeprefix("Skipped: "))
     return report
+
+
+def _own_error(call: pytest.CallInfo[None]) -> bool:
+    """An error raised on purpose by the suite (engine unreachable, crashed, bad stream): its
+    message says everything; the traceback would only bury it."""
+    return call.excinfo is not None and isinstance(call.excinfo.value, SpeedbenchError)
+
+
+def _wants_traceback(config: pytest.Config) -> bool:
+    return config.get_verbosity() > 0 or getattr(config.option, "tbstyle", "auto") == "long"
 
 
 def _failure_reason(call: pytest.CallInfo[None], report: pytest.TestReport) -> str:

@@ -131,13 +131,18 @@ class SpeedbenchSession:
 
     def preflight(self) -> None:
         """Catch bad paths before any engine starts: a nightly job should stop at second 0."""
-        from pytest_speedbench.data.loaders import check_dataset
+        from pytest_speedbench.data.loaders import check_categories, check_dataset
 
-        check_dataset(self.settings.dataset)
-        tokenizer = self.settings.tokenizer
-        if tokenizer and tokenizer.startswith(("/", ".", "~")) and not Path(tokenizer).expanduser().exists():
-            raise UsageError(f"--tokenizer: {tokenizer} does not exist (give a tokenizer or model folder, "
-                             "a GGUF file, or a hub id)")
+        s = self.settings
+        check_dataset(s.dataset)
+        if any(c.split == "qualitative" for c in self.matrix.cases):
+            check_categories(s.dataset, s.category)
+        models = [("--tokenizer", s.tokenizer), ("--model", s.model), ("--draft-model", s.draft_model)]
+        models += [(f"engines.{e}.{k}", v.get(k)) for e, v in s.per_engine.items() for k in ("model", "draft_model")]
+        for flag, path in models:
+            if isinstance(path, str) and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
+                raise UsageError(f"{flag}: {path} does not exist (give a model folder, a GGUF file, a bundled model "
+                                 "name or a hub id" + (", or layers:N" if "draft" in flag else "") + ")")
         self.book.check_writable()
 
     def _init_gates(self) -> None:

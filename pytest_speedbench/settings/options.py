@@ -289,6 +289,9 @@ class Settings:
                 if bs < 1:
                     raise UsageError(f"engines.{engine}.batch_size: {bs} is not a positive integer")
 
+        for key, url in self.server_urls().items():
+            check_url(url, key)
+
     def batch_sizes_for(self, engine: str) -> list[int]:
         return list(self.per_engine.get(engine, {}).get("batch_size", self.batch_size))
 
@@ -306,6 +309,23 @@ class Settings:
             else:
                 urls["*"] = part
         return urls
+
+
+def check_url(url: str, drafter: str = "*") -> None:
+    """A --server-url value must be http(s)://HOST[:PORT]: without a scheme, every request of
+    every case would fail with a traceback instead of one message up front."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    where = "--server-url" + (f" ({drafter}=...)" if drafter != "*" else "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f"; did you mean http://{url}?" if "://" not in url else ""
+        raise UsageError(f"{where}: {url!r} is not an http(s) URL; valid forms: http://HOST:PORT, "
+                         f"https://HOST:PORT, or DRAFTER=URL,... per drafter{hint}")
+    try:
+        parts.port
+    except ValueError:
+        raise UsageError(f"{where}: {url!r} has a bad port; valid forms: http://HOST:PORT, https://HOST:PORT") from None
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
