@@ -13,7 +13,7 @@ from pytest_speedbench import hookspecs
 from pytest_speedbench.settings.options import OPTIONS, add_option, build_settings
 from pytest_speedbench.engines.base import Engine
 from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError, UsageError
-from pytest_speedbench.progress import CaseProgress, Terminal, minutes
+from pytest_speedbench.progress import CaseProgress, Heartbeat, Terminal, minutes
 from pytest_speedbench.settings.matrix import Case
 from pytest_speedbench.session import CaseResult, SpeedbenchSession
 
@@ -177,8 +177,10 @@ def speedbench_run(request: pytest.FixtureRequest, speedbench_case: Case, speedb
     """Measure this case against the engine and return its result; call `.check()` to gate."""
     session = _session(request.config)
     terminal = Terminal(request.config)
-    result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name,
-                              progress=CaseProgress(terminal.line, speedbench_case.id))
+    progress = CaseProgress(terminal.line, speedbench_case.id)
+    with Heartbeat(progress):  # a line every 10 s, also before the first prompt finishes
+        result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name,
+                                  progress=progress)
     request.node.user_properties.extend(result.junit_properties())
     first = session.note_result()
     if first is not None:

@@ -388,7 +388,8 @@ class SpeedbenchSession:
         def step(k: int) -> Progress | None:  # progress over every pass of every round
             if progress is None:
                 return None
-            return lambda done, total: progress(k * total + done, passes * total)
+            part = getattr(progress, "part", None)  # keeps a CaseProgress's token count across passes
+            return part(k, passes) if part else lambda done, total: progress(k * total + done, passes * total)
 
         resets: list[Any] = []
         for i in range(self.settings.rounds):
