@@ -76,10 +76,19 @@ def _session(config: pytest.Config) -> SpeedbenchSession:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The session header, only where speedbench is asked for (an option, a speedbench.yaml):
+    another project's pytest run, with the plugin merely installed, hears nothing from it.
+    Otherwise the lines come once speedbench cases are collected (pytest_collection_finish)."""
     session = config.stash.get(SESSION_KEY, None)
-    if session is None:
+    if session is None or not _asked_for(config, session):
         return []
+    session.header_said = True
     return session.header_lines()
+
+
+def _asked_for(config: pytest.Config, session: SpeedbenchSession) -> bool:
+    given = any(config.getoption("speedbench_" + spec.name) is not None for spec in OPTIONS)
+    return given or bool(session.settings.yaml_file)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -89,6 +98,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if speedbench is None or not _uses_speedbench(session.items):
         return
     terminal = Terminal(session.config)
+    if not speedbench.header_said:
+        speedbench.header_said = True
+        for line in speedbench.header_lines():
+            terminal.line(line)
     for reason in speedbench.matrix.dropped:
         terminal.line(f"speedbench: not generated: {reason}", always=True)
     for line in speedbench.baseline_lines:

@@ -122,6 +122,8 @@ class SpeedbenchSession:
         self.first_result_s: float | None = None
         self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
         self.record = RunRecord()
+        #: whether the header lines were printed (pytest's header, or at collection)
+        self.header_said = False
         #: case ids -k/-m/--deselect removed (pytest_deselected)
         self.deselected: list[str] = []
         self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.engine_info,
