@@ -122,6 +122,7 @@ class SpeedbenchSession:
         self.first_result_s: float | None = None
         self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
         self.record = RunRecord()
+        self.record.section["name"] = settings.save
         #: whether the header lines were printed (pytest's header, or at collection)
         self.header_said = False
         #: case ids -k/-m/--deselect removed (pytest_deselected)
@@ -742,7 +743,7 @@ class ResultsBook:
         if self.settings.autosave:
             if self._autosave_path is None:
                 commit = (document.get("commit_info") or {}).get("id")
-                self._autosave_path = self.storage.reserve(commit)
+                self._autosave_path = self.storage.reserve(commit, name=self.settings.save)
             written.append(write_atomic(self._autosave_path, document))
         self.paths = written
         return written

@@ -48,9 +48,11 @@ def test_status_selection_latest_and_missing_cases(bench, fake_sglang, pytester:
     rules = "--speedbench-fail=acceptance_length:-50%"
 
     # 1. a complete run: the baseline
-    bench(urls).assert_outcomes(passed=2)
+    bench(urls, "--speedbench-save=base").assert_outcomes(passed=2)
     (first,) = saved(pytester)
+    assert first.name == "0001_base.json"
     section = run_section(first)
+    assert section["name"] == "base"
     assert section["status"] == "complete" and section["selection"]["selected"] == [AR, SD]
     assert section["cases"]["measured"] == 2 and section["cases"]["errored"] == {}
 
