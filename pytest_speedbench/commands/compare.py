@@ -37,6 +37,8 @@ class CaseComparison:
     present: list[bool]  # per run, baseline first
     values: dict[str, list[float | None]] = field(default_factory=dict)
     verdicts: list[gates.Verdict | None] = field(default_factory=list)  # per candidate run
+    #: per run: its speedups are not trusted (extra_info.stability unstable)
+    unstable: list[bool] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -84,6 +86,8 @@ def compare_runs(
             entries[key][i] = bench.get("extra_info") or {}
     for key, comp in index.items():
         infos = entries[key]
+        comp.unstable = [gates.unstable_reason(info, None) is not None if info is not None else False
+                         for info in infos]
         wanted = list(metrics)
         for rule in rules:
             for info in infos:
@@ -128,6 +132,9 @@ def _case_status(comp: CaseComparison, labels: Sequence[str]) -> str:
     status = ", ".join(verdicts) if verdicts else ""
     if missing:
         status = (status + "; " if status else "") + "missing from " + ", ".join(missing)
+    unstable = [labels[i] for i, u in enumerate(comp.unstable) if u]
+    if unstable:  # its speedups are not trusted there: never read as a regression or a gain
+        status = (status + "; " if status else "") + "UNSTABLE in " + ", ".join(unstable)
     return status
 
 
