@@ -287,7 +287,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     tr = terminalreporter
     tr.write_sep("-", "speedbench summary")
-    for line in session.summary_lines():
+    for line in session.summary_lines(verbose=config.get_verbosity() > 0):
         tr.write_line(line)
     if session.first_result_s is not None:
         tr.write_line(f"speedbench: first result after {minutes(session.first_result_s)}, "

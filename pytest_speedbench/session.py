@@ -617,11 +617,11 @@ class SpeedbenchSession:
             lines += [f"  {g.message()}" for g in left]
         return lines
 
-    def summary_lines(self) -> list[str]:
+    def summary_lines(self, verbose: bool = False) -> list[str]:
         from pytest_speedbench.results.table import render
 
         entries = list(self.book.entries.values())
-        lines = render(entries)
+        lines = render(entries, per_category=verbose)
         for entry in entries:
             extra = entry.get("extra_info", {})
             for warning in extra.get("warnings") or []:

@@ -328,11 +328,32 @@ def run(args: argparse.Namespace) -> int:
     text = render(comparisons, [r.label for r in runs], args.format, gated=bool(rules or thresholds),
                   rules_text=",".join(r.text for r in rules),
                   preamble=status_lines(runs), problems=problems.lines())
+    if args.per_category:
+        text += per_category_text(runs, args.format)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return exit_code(comparisons, problems)
+
+
+def per_category_text(runs: Sequence[Run], fmt: str) -> str:
+    """AL per category of each run: aligned tables, or markdown tables (csv: nothing more)."""
+    from pytest_speedbench.results.table import category_rows, category_table
+
+    out: list[str] = []
+    for r in runs:
+        entries = list(r.doc.get("benchmarks") or [])
+        if fmt == "markdown":
+            rows = category_rows(entries)
+            if rows:
+                out += ["", f"## AL per category: {r.label}", "", "| " + " | ".join(rows[0]) + " |",
+                        "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|"]
+                out += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        elif fmt == "table":
+            table = category_table(entries)
+            out += ["", f"{r.label}: {table[0]}", *table[1:]] if table else []
+    return "\n".join(out) + ("\n" if out else "")
 
 
 def exit_code(comparisons: Sequence[CaseComparison], problems: GateProblems) -> int:
@@ -361,3 +382,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics", metavar="LIST", help="metrics to show (default: the catalogue's compare metrics, "
                    f"{','.join(catalogue.paths(catalogue.COMPARE))})")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    p.add_argument("--per-category", action="store_true", help="add each run's AL per category as a table")

@@ -456,6 +456,14 @@ def _markdown(runs: Sequence[Run], figures: Mapping[str, Path], headers: list[st
     lines += ["", "## Summary", "", "| " + " | ".join(headers) + " |",
               "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
+    from pytest_speedbench.results.table import category_rows
+
+    for run in runs:
+        rows = category_rows(list(run.doc.get("benchmarks") or []))
+        if rows:
+            lines += ["", f"## Acceptance length per category: `{run.label}`", "",
+                      "| " + " | ".join(rows[0]) + " |", "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     for name, path in figures.items():
         lines += ["", f"## {_TITLES[name]}", "", f"![{name}]({path.name})"]
     return "\n".join(lines) + "\n"
