@@ -215,4 +215,5 @@ def _pass_progress(progress: Progress | None, index: int, passes: int) -> Progre
     """Progress over every pass of every round: pass `index` of `passes`."""
     if progress is None or passes == 1:
         return progress
-    return lambda done, total: progress(index * total + done, passes * total)
+    part = getattr(progress, "part", None)  # keeps a CaseProgress's token count across passes
+    return part(index, passes) if part else lambda done, total: progress(index * total + done, passes * total)

@@ -32,6 +32,11 @@ class RequestError(SpeedbenchError):
 
 
 def bad_value(what: str, value: object, valid: Iterable[object]) -> UsageError:
-    """A UsageError that names the bad value and every valid one."""
-    choices = ", ".join(str(v) for v in valid)
-    return UsageError(f"unknown {what} {value!r}; valid values: {choices}")
+    """A UsageError that names the bad value and every valid one, plus a did-you-mean when a
+    valid value is close (a typo: 'codign' -> 'coding')."""
+    import difflib
+
+    choices = [str(v) for v in valid]
+    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return UsageError(f"unknown {what} {value!r}; valid values: {', '.join(choices)}{hint}")

@@ -12,8 +12,8 @@ import pytest
 from pytest_speedbench import hookspecs
 from pytest_speedbench.settings.options import OPTIONS, add_option, build_settings
 from pytest_speedbench.engines.base import Engine
-from pytest_speedbench.errors import EngineNotInstalled, UsageError
-from pytest_speedbench.progress import CaseProgress, Terminal, minutes
+from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError, UsageError
+from pytest_speedbench.progress import CaseProgress, Heartbeat, Terminal, minutes
 from pytest_speedbench.settings.matrix import Case
 from pytest_speedbench.case_runner import CaseResult
 from pytest_speedbench.session import SpeedbenchSession
@@ -77,10 +77,19 @@ def _session(config: pytest.Config) -> SpeedbenchSession:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The session header, only where speedbench is asked for (an option, a speedbench.yaml):
+    another project's pytest run, with the plugin merely installed, hears nothing from it.
+    Otherwise the lines come once speedbench cases are collected (pytest_collection_finish)."""
     session = config.stash.get(SESSION_KEY, None)
-    if session is None:
+    if session is None or not _asked_for(config, session):
         return []
+    session.header_said = True
     return session.header_lines()
+
+
+def _asked_for(config: pytest.Config, session: SpeedbenchSession) -> bool:
+    given = any(config.getoption("speedbench_" + spec.name) is not None for spec in OPTIONS)
+    return given or bool(session.settings.yaml_file)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -90,6 +99,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if speedbench is None or not _uses_speedbench(session.items):
         return
     terminal = Terminal(session.config)
+    if not speedbench.header_said:
+        speedbench.header_said = True
+        for line in speedbench.header_lines():
+            terminal.line(line)
     for reason in speedbench.matrix.dropped:
         terminal.line(f"speedbench: not generated: {reason}", always=True)
     for line in speedbench.baseline_lines:
@@ -177,8 +190,10 @@ def speedbench_run(request: pytest.FixtureRequest, speedbench_case: Case, speedb
     """Measure this case against the engine and return its result; call `.check()` to gate."""
     session = _session(request.config)
     terminal = Terminal(request.config)
-    result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name,
-                              progress=CaseProgress(terminal.line, speedbench_case.id))
+    progress = CaseProgress(terminal.line, speedbench_case.id)
+    with Heartbeat(progress):  # a line every 10 s, also before the first prompt finishes
+        result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name,
+                                  progress=progress)
     request.node.user_properties.extend(result.junit_properties())
     first = session.note_result()
     if first is not None:
@@ -196,10 +211,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if case is not None and session is not None:
         if report.failed and report.when in ("setup", "call") and not session.has_entry(item.nodeid):
             session.record_error(case, item.nodeid, item.name, _failure_reason(call, report))
+        if report.failed and _own_error(call) and not _wants_traceback(item.config):
+            report.longrepr = f"{case.id}: {_failure_reason(call, report)}"  # the cause, not 90 lines of frames
         if report.skipped and report.when == "setup":
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
             session.record.skip(case.id, reason.removeprefix("Skipped: "))
     return report
+
+
+def _own_error(call: pytest.CallInfo[None]) -> bool:
+    """An error raised on purpose by the suite (engine unreachable, crashed, bad stream): its
+    message says everything; the traceback would only bury it."""
+    return call.excinfo is not None and isinstance(call.excinfo.value, SpeedbenchError)
+
+
+def _wants_traceback(config: pytest.Config) -> bool:
+    return config.get_verbosity() > 0 or getattr(config.option, "tbstyle", "auto") == "long"
 
 
 def _failure_reason(call: pytest.CallInfo[None], report: pytest.TestReport) -> str:
@@ -260,7 +287,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     tr = terminalreporter
     tr.write_sep("-", "speedbench summary")
-    for line in session.summary_lines():
+    for line in session.summary_lines(verbose=config.get_verbosity() > 0):
         tr.write_line(line)
     if session.first_result_s is not None:
         tr.write_line(f"speedbench: first result after {minutes(session.first_result_s)}, "

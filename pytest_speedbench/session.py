@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.case_runner import CaseResult, CaseRunner, request_failures
-from pytest_speedbench.data.loaders import available_configs, check_dataset
+from pytest_speedbench.data.loaders import available_configs, check_categories, check_dataset
 from pytest_speedbench.data.workload import WorkloadCache
 from pytest_speedbench.engine_pool import EnginePool
 from pytest_speedbench.engines import DRAFTERS
@@ -89,6 +89,9 @@ class SpeedbenchSession:
         self.runner = CaseRunner(settings, self.pool, workload, self.matrix.cases)
         self.runner.on_twin_rounds = self._record_twin_rounds
         self.record = RunRecord()
+        self.record.section["name"] = settings.save
+        #: whether the header lines were printed (pytest's header, or at collection)
+        self.header_said = False
         #: case ids -k/-m/--deselect removed (pytest_deselected)
         self.deselected: list[str] = []
         self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.pool.info,
@@ -113,11 +116,16 @@ class SpeedbenchSession:
 
     def preflight(self) -> None:
         """Catch bad paths before any engine starts: a nightly job should stop at second 0."""
-        check_dataset(self.settings.dataset)
-        tokenizer = self.settings.tokenizer
-        if tokenizer and tokenizer.startswith(("/", ".", "~")) and not Path(tokenizer).expanduser().exists():
-            raise UsageError(f"--tokenizer: {tokenizer} does not exist (give a tokenizer or model folder, "
-                             "a GGUF file, or a hub id)")
+        s = self.settings
+        check_dataset(s.dataset)
+        if any(c.split == "qualitative" for c in self.matrix.cases):
+            check_categories(s.dataset, s.category)
+        models = [("--tokenizer", s.tokenizer), ("--model", s.model), ("--draft-model", s.draft_model)]
+        models += [(f"engines.{e}.{k}", v.get(k)) for e, v in s.per_engine.items() for k in ("model", "draft_model")]
+        for flag, path in models:
+            if isinstance(path, str) and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
+                raise UsageError(f"{flag}: {path} does not exist (give a model folder, a GGUF file, a bundled model "
+                                 "name or a hub id" + (", or layers:N" if "draft" in flag else "") + ")")
         self.book.check_writable()
 
     def header_lines(self) -> list[str]:
@@ -228,5 +236,5 @@ class SpeedbenchSession:
         """The run's status and, when gated, the baseline cases this run lacks."""
         return self.record.lines(self.settings.allow_missing)
 
-    def summary_lines(self) -> list[str]:
-        return summary_lines(list(self.book.entries.values()))
+    def summary_lines(self, verbose: bool = False) -> list[str]:
+        return summary_lines(list(self.book.entries.values()), per_category=verbose)

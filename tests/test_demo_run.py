@@ -119,8 +119,8 @@ def test_case_progress_says_prompts_done_and_elapsed_at_most_every_interval():
     for t, done in [(4, 1), (11, 2), (15, 3), (22, 4)]:
         now[0] = t
         progress(done, 4)
-    assert said == ["speedbench: hf-ngram-qualitative-bs1-t0: 2/4 prompts done, 11 s",
-                    "speedbench: hf-ngram-qualitative-bs1-t0: 4/4 prompts done, 22 s"]
+    assert said == ["speedbench: hf-ngram-qualitative-bs1-t0: 2/4 prompts done, 0 tokens streamed, 11 s",
+                    "speedbench: hf-ngram-qualitative-bs1-t0: 4/4 prompts done, 0 tokens streamed, 22 s"]
     assert (minutes(9.44), minutes(125)) == ("9.4 s", "2 min 5 s")
 
 
@@ -151,3 +151,65 @@ def test_a_run_of_other_tests_saves_nothing(pytester):
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert not (pytester.path / ".speedbench").exists()
+
+
+def test_case_progress_speaks_before_the_first_prompt_finishes_with_tokens_streamed():
+    """The heartbeat ticks every second; a line comes every interval even while no prompt has
+    finished, with the tokens the running requests streamed so far."""
+    from pytest_speedbench.measure.records import RequestRecord
+
+    now = [0.0]
+    said: list[str] = []
+    progress = CaseProgress(said.append, "hf-none-qualitative-bs1-t0", every=10, clock=lambda: now[0])
+    now[0] = 10.0
+    progress.tick()  # nothing started yet: tokenizer, reset, warmup
+    assert said == ["speedbench: hf-none-qualitative-bs1-t0: preparing (prompts, engine state, warmup), 10 s"]
+    said.clear()
+    progress(0, 4)  # the measured window starts
+    record = RequestRecord("p0", "coding", 0)
+    progress.track(record)
+    for t in range(11, 35):  # what the heartbeat thread does, one tick a second
+        now[0] = float(t)
+        record.chunk_tokens.append(1)
+        progress.tick()
+    assert said == ["speedbench: hf-none-qualitative-bs1-t0: 0/4 prompts done, 10 tokens streamed, 20 s",
+                    "speedbench: hf-none-qualitative-bs1-t0: 0/4 prompts done, 20 tokens streamed, 30 s"]
+    rounds = progress.part(1, 4)  # pass 2 of 4 (interleaved rounds) counts on the same line
+    now[0] = 41.0
+    rounds(1, 2)
+    assert said[-1] == "speedbench: hf-none-qualitative-bs1-t0: 3/8 prompts done, 24 tokens streamed, 41 s"
+
+
+def test_progress_lines_reach_a_log_file_while_the_case_runs(tmp_path, fake_sglang, tiny_tokenizer_dir, prompts_file):
+    """As CI runs it (`tox -e bench > log`): stdout is a file, not a terminal. Progress lines must be
+    in the file while the case is still running, not only when the process ends."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import default_signals
+
+    server = fake_sglang("--algorithm", "NONE", "--step-ms", "150")  # 32 tokens: ~5 s for the one prompt
+    (tmp_path / "test_speedbench.py").write_text(SUITE)
+    (tmp_path / "conftest.py").write_text("import pytest_speedbench.progress as p\np.EVERY_S = 1.0\n")
+    log = tmp_path / "log"
+    cmd = [sys.executable, "-m", "pytest", "test_speedbench.py", "--engine=sglang", "--drafter=none",
+           f"--server-url={server.url}", f"--tokenizer={tiny_tokenizer_dir}", f"--dataset={prompts_file}",
+           "--category=coding", "--num-prompts=1", "--warmup=0", "--output-len=32", "-p", "no:cacheprovider"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_signals)
+        try:
+            seen_while_running = False
+            while proc.poll() is None:
+                if ": 0/1 prompts done" in log.read_text(errors="replace"):
+                    seen_while_running = proc.poll() is None
+                    break
+                time.sleep(0.2)
+            proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert seen_while_running, text
+    assert "speedbench: sglang-none-qualitative-bs1-t0: 0/1 prompts done, 0 tokens streamed, " in text

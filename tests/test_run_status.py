@@ -48,9 +48,11 @@ def test_status_selection_latest_and_missing_cases(bench, fake_sglang, pytester:
     rules = "--speedbench-fail=acceptance_length:-50%"
 
     # 1. a complete run: the baseline
-    bench(urls).assert_outcomes(passed=2)
+    bench(urls, "--speedbench-save=base").assert_outcomes(passed=2)
     (first,) = saved(pytester)
+    assert first.name == "0001_base.json"
     section = run_section(first)
+    assert section["name"] == "base"
     assert section["status"] == "complete" and section["selection"]["selected"] == [AR, SD]
     assert section["cases"]["measured"] == 2 and section["cases"]["errored"] == {}
 
@@ -71,7 +73,7 @@ def test_status_selection_latest_and_missing_cases(bench, fake_sglang, pytester:
 
     # 4. `latest` passes over the broken run and says so; a -k subset gates what it selected and
     #    names what it left out
-    result = bench(urls, "-k", "none", "--speedbench-compare=latest", rules)
+    result = bench(urls, "-k", "none", "--speedbench-compare=latest", rules, "-v")
     result.assert_outcomes(passed=1, deselected=1)
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines([
@@ -82,6 +84,8 @@ def test_status_selection_latest_and_missing_cases(bench, fake_sglang, pytester:
         "speedbench: not gated, 1 baseline case(s) left out by the selection:",
         f"  {SD}: measured in the baseline, left out by this run's selection (-k 'none')",
     ])
+    result.stdout.fnmatch_lines(["legend: AL = acceptance length*", "AL per category:", "case * coding * writing",
+                                 f"{AR} *"])  # -v: AL per category under the table
     subset = saved(pytester)[-1]
     assert run_section(subset)["selection"] == {"keyword": "none", "markexpr": None, "selected": [AR],
                                                "deselected": [SD]}

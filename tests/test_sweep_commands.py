@@ -179,3 +179,30 @@ def test_sweep_figure_has_one_line_per_batch_size_over_the_draft_lengths(results
     ax = sweeps.sweep_figure(grp).axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["batch size 1", "batch size 4"]
     assert list(ax.get_xticks()) == [1, 2, 3, 4]
+
+
+def test_an_unstable_case_is_never_the_best_draft_length_nor_a_fit_point(capsys, results: Path) -> None:
+    """The sweep's best at bs 1 was a long draft; marked unstable, it is left out of the choice with
+    the reason, and predict leaves it out of its fit, naming it."""
+    code, out, _ = run(capsys, "sweep", str(results), "--format", "csv", "--n-boot", "300")
+    table = out.split("\n\n")[0]
+    best = next(int(r["draft_length"]) for r in csv.DictReader(io.StringIO(table))
+                if r["workload"] == "throughput-1k" and r["batch_size"] == "1" and r["choice"] == "best")
+    doc = json.loads(results.read_text())
+    for b in doc["benchmarks"]:
+        p = b["params"]
+        if (p["split"], p["bucket"], p["batch_size"], p.get("draft_length")) == ("throughput", "1k", 1, best):
+            b["extra_info"]["stability"] = {"verdict": "unstable", "reasons": ["rounds 1.61 and 0.23 disagree"]}
+            unstable_case = b["param"]
+    results.write_text(json.dumps(doc))
+    code, out, _ = run(capsys, "sweep", str(results), "--format", "csv", "--n-boot", "300")
+    assert code == 0
+    table = out.split("\n\n")[0]
+    rows = [r for r in csv.DictReader(io.StringIO(table)) if r["workload"] == "throughput-1k" and r["batch_size"] == "1"]
+    assert best not in {int(r["draft_length"]) for r in rows}  # not a candidate at all
+    code, out, _ = run(capsys, "sweep", str(results), "--n-boot", "300")
+    assert (f"- {rows[0]['engine']} ngram throughput-1k t0 bs1: draft length {best} left out of the choice, unstable: "
+            "rounds 1.61 and 0.23 disagree") in out.splitlines()
+    code, out, _ = run(capsys, "predict", str(results), "--mix", "coding=1", "--isl", "1500", "--batch-size", "1",
+                       "--draft-length", str(best), "--n-boot", "200")
+    assert f"{unstable_case} (unstable: rounds 1.61 and 0.23 disagree)" in out

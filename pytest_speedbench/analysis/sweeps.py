@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,19 @@ class Entry:
     @property
     def rows(self) -> list[Mapping[str, Any]]:
         return list(self.info.get("per_request") or [])
+
+    @property
+    def unstable(self) -> str | None:
+        """Why this case's speedup is not trusted (`extra_info.stability`), or None."""
+        return unstable_reason(self.info)
+
+
+def unstable_reason(info: Mapping[str, Any]) -> str | None:
+    """'unstable: <reasons>' for an entry whose rounds disagreed or whose speedup is implausible."""
+    stability = info.get("stability") or {}
+    if stability.get("verdict") != "unstable":
+        return None
+    return "unstable: " + ("; ".join(str(r) for r in stability.get("reasons") or []) or "no reason recorded")
 
 
 def entries(runs: Iterable[Run]) -> list[Entry]:
@@ -104,8 +117,14 @@ def sweep(all_entries: Sequence[Entry], *, n_boot: int = 2000, seed: int = 0) ->
             if twin is None:
                 choices.append(BatchChoice(bs, (), None, None, notes=("no drafter=none run at this batch size",)))
                 continue
-            sides = {g: run_side(e) for g, e in by_batch[bs].items()}
-            choices.append(choose_draft_length(bs, run_side(twin), sides, n_boot=n_boot, seed=seed))
+            # an unstable case's speedup is not trusted: never the best draft length, and said so
+            unstable = {g: e.unstable for g, e in by_batch[bs].items() if e.unstable}
+            sides = {g: run_side(e) for g, e in by_batch[bs].items() if g not in unstable}
+            choice = choose_draft_length(bs, run_side(twin), sides, n_boot=n_boot, seed=seed)
+            if unstable:
+                notes = tuple(f"draft length {g} left out of the choice, {why}" for g, why in sorted(unstable.items()))
+                choice = replace(choice, notes=choice.notes + notes)
+            choices.append(choice)
         out.append(SweepGroup(engine, drafter, workload, temp, tuple(choices)))
     return out
 
@@ -329,6 +348,9 @@ def predict_configs(all_entries: Sequence[Entry]) -> list[PredictConfig]:
                    and (e.drafter == "none" or (e.drafter == drafter and e.draft_length == g))]
         obs, skipped = [], []
         for e in members:
+            if e.unstable:  # its speedup is not trusted: never a fit or check point
+                skipped.append(f"{e.case} ({e.unstable})")
+                continue
             o = observation(e)
             (obs.append(o) if o is not None else skipped.append(e.id))
         out.append(PredictConfig(engine, drafter, g, temp, tuple(obs), tuple(skipped)))

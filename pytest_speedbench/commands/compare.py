@@ -17,7 +17,8 @@ from pytest_speedbench.errors import UsageError
 from pytest_speedbench.metrics import catalogue
 from pytest_speedbench.results import fingerprint, gates
 from pytest_speedbench.results.compare import (
-    FORMATS, GateProblems, compare_runs, exit_code, render, run_problems, status_lines, thresholds_from_yaml,
+    FORMATS, GateProblems, compare_runs, exit_code, per_category_text, render, run_problems, status_lines,
+    thresholds_from_yaml,
 )
 from pytest_speedbench.results.document import Storage
 from pytest_speedbench.results.export import load_runs
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     text = render(comparisons, [r.label for r in runs], args.format, gated=bool(rules or thresholds),
                   rules_text=",".join(r.text for r in rules),
                   preamble=status_lines(runs), problems=problems.lines())
+    if args.per_category:
+        text += per_category_text(runs, args.format)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -71,3 +74,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metrics", metavar="LIST", help="metrics to show (default: the catalogue's compare metrics, "
                    f"{','.join(catalogue.paths(catalogue.COMPARE))})")
     p.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
+    p.add_argument("--per-category", action="store_true", help="add each run's AL per category as a table")

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         ar = [o.point for o in cfg.observations if not o.speculative]
         sd = [o for o in cfg.observations if o.speculative]
         print(f"{cfg.title}: {len(ar)} AR and {len(sd)} SD cases"
-              + (f"; skipped (no per-request rows): {', '.join(cfg.skipped)}" if cfg.skipped else ""))
+              + (f"; skipped (no per-request rows, or unstable): {', '.join(cfg.skipped)}" if cfg.skipped else ""))
         if mix is not None:
             als = pool_als(sd)
             unknown = [c for c in mix if c not in als]

@@ -222,6 +222,23 @@ def check_dataset(dataset: str) -> None:
                          + ", ".join(DATASET_KINDS))
 
 
+def check_categories(dataset: str, categories: Sequence[str]) -> None:
+    """Up-front check of --category against the dataset's qualitative categories, so a typo
+    stops the session (with a did-you-mean) before any engine starts. The hub is not read here:
+    its categories are checked when its rows are loaded."""
+    wanted = [c for c in categories if c]
+    if not wanted or dataset == "hf" or dataset.startswith("hf:"):
+        return
+    try:
+        rows = read_rows(dataset, "qualitative")
+    except UsageError:
+        return  # the dataset has no qualitative config: the matrix says so
+    valid = sorted({str(r.get("category") or "") for r in rows})
+    for c in wanted:
+        if c not in valid:
+            raise bad_value(f"category in --category for {dataset}", c, valid)
+
+
 def read_rows(dataset: str, config: str) -> list[Row]:
     """Raw rows of one config of a dataset spec, placeholders included."""
     check_config(config)

@@ -119,6 +119,10 @@ async def _drive(
     records: list[RequestRecord] = []
     queue = iter(items)
     done = 0
+    #: a progress that shows tokens streamed so far is shown each request as it starts
+    track = getattr(progress, "track", None)
+    if progress is not None:
+        progress(0, len(items))  # the total is known before the first prompt finishes
 
     async def conversation(item: WorkItem) -> None:
         messages: list[dict[str, str]] = []
@@ -131,6 +135,8 @@ async def _drive(
                     break
                 ids = encoder.encode_conversation(messages)
             record = RequestRecord(item.prompt_id, item.category, turn, warmup=warmup)
+            if track is not None:
+                track(record)
             await send_turn(ids, sampling_for(spec, next(counter)), record)
             records.append(record)
             if record.error is not None:

@@ -89,7 +89,7 @@ class ResultsBook:
         if self.settings.autosave:
             if self._autosave_path is None:
                 commit = (document.get("commit_info") or {}).get("id")
-                self._autosave_path = self.storage.reserve(commit)
+                self._autosave_path = self.storage.reserve(commit, name=self.settings.save)
             written.append(write_atomic(self._autosave_path, document))
         self.paths = written
         return written

@@ -33,6 +33,8 @@ class CaseComparison:
     present: list[bool]  # per run, baseline first
     values: dict[str, list[float | None]] = field(default_factory=dict)
     verdicts: list[gates.Verdict | None] = field(default_factory=list)  # per candidate run
+    #: per run: its speedups are not trusted (extra_info.stability unstable)
+    unstable: list[bool] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -80,6 +82,8 @@ def compare_runs(
             entries[key][i] = bench.get("extra_info") or {}
     for key, comp in index.items():
         infos = entries[key]
+        comp.unstable = [gates.unstable_reason(info, None) is not None if info is not None else False
+                         for info in infos]
         wanted = list(metrics)
         for rule in rules:
             for info in infos:
@@ -124,6 +128,9 @@ def _case_status(comp: CaseComparison, labels: Sequence[str]) -> str:
     status = ", ".join(verdicts) if verdicts else ""
     if missing:
         status = (status + "; " if status else "") + "missing from " + ", ".join(missing)
+    unstable = [labels[i] for i, u in enumerate(comp.unstable) if u]
+    if unstable:  # its speedups are not trusted there: never read as a regression or a gain
+        status = (status + "; " if status else "") + "UNSTABLE in " + ", ".join(unstable)
     return status
 
 
@@ -290,6 +297,25 @@ def run_problems(runs: Sequence[Run], picks: Mapping[int, Pick], *, allow_missin
 def status_lines(runs: Sequence[Run]) -> list[str]:
     """One line per run: its label and status (with the reason when not complete)."""
     return [f"{'baseline' if i == 0 else 'run'} {r.label}: {status.describe(r.doc)}" for i, r in enumerate(runs)]
+
+
+def per_category_text(runs: Sequence[Run], fmt: str) -> str:
+    """AL per category of each run: aligned tables, or markdown tables (csv: nothing more)."""
+    from pytest_speedbench.results.table import category_rows, category_table
+
+    out: list[str] = []
+    for r in runs:
+        entries = list(r.doc.get("benchmarks") or [])
+        if fmt == "markdown":
+            rows = category_rows(entries)
+            if rows:
+                out += ["", f"## AL per category: {r.label}", "", "| " + " | ".join(rows[0]) + " |",
+                        "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|"]
+                out += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        elif fmt == "table":
+            table = category_table(entries)
+            out += ["", f"{r.label}: {table[0]}", *table[1:]] if table else []
+    return "\n".join(out) + ("\n" if out else "")
 
 
 def exit_code(comparisons: Sequence[CaseComparison], problems: GateProblems) -> int:

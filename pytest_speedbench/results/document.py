@@ -342,17 +342,18 @@ class Storage:
             return []
         return [p for p in self.folder.iterdir() if _RUN_NAME.match(p.name) and p.is_file()]
 
-    def reserve(self, commit_id: str | None = None, now: datetime | None = None) -> Path:
-        """Create (empty, O_EXCL) and return the next free `NNNN_<commit8>_<time>.json`."""
+    def reserve(self, commit_id: str | None = None, now: datetime | None = None, name: str | None = None) -> Path:
+        """Create (empty, O_EXCL) and return the next free `NNNN_<commit8>_<time>.json`, or
+        `NNNN_<name>.json` for a named run (pytest-benchmark's `--benchmark-save=NAME` form)."""
         stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d_%H%M%S")
-        tag = commit_id[:8] if commit_id else "nocommit"
+        tag = name or f"{commit_id[:8] if commit_id else 'nocommit'}_{stamp}"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             with _locked(self.folder):
                 numbers = [int(_RUN_NAME.match(p.name).group(1)) for p in self._numbered()]
                 number = max(numbers, default=0) + 1
                 while True:
-                    candidate = self.folder / f"{number:04d}_{tag}_{stamp}.json"
+                    candidate = self.folder / f"{number:04d}_{tag}.json"
                     try:
                         os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
                         return candidate
@@ -374,8 +375,8 @@ class Storage:
             raise
 
     def resolve(self, ref: str | os.PathLike[str]) -> Path:
-        """A saved run from a path, 'latest' (the newest complete run, see `latest`), or its number
-        ('0003' or '3')."""
+        """A saved run from a path, 'latest' (the newest complete run, see `latest`), its number
+        ('0003' or '3') or its name (`--speedbench-save=NAME`; the newest run of that name)."""
         ref_str = str(ref)
         candidate = Path(ref_str)
         if candidate.is_file():
@@ -391,9 +392,12 @@ class Storage:
             matches = [p for p in runs if int(p.name[:4]) == int(ref_str)]
             if len(matches) == 1:
                 return matches[0]
+        named = [p for p in runs if p.name[5:] == f"{ref_str}.json"]  # --speedbench-save=NAME
+        if named:
+            return named[-1]
         available = ", ".join(p.name for p in runs) or "none"
         raise UsageError(
-            f"no saved run {ref_str!r} in {self.folder}; give a file path, 'latest' or a run number. "
+            f"no saved run {ref_str!r} in {self.folder}; give a file path, 'latest', a run number or a run name. "
             f"Available runs: {available}"
         )
 

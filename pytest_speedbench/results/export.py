@@ -56,6 +56,9 @@ def flatten_benchmark(bench: Mapping[str, Any]) -> dict[str, Any]:
     for key in PARAM_KEYS:
         row[key] = params.get(key)
     info = bench.get("extra_info") or {}
+    stability = info.get("stability") if isinstance(info.get("stability"), Mapping) else {}
+    #: speedups of an unstable case are not trusted: a column of its own, so no table reads them silently
+    row["unstable"] = stability.get("verdict") == "unstable"
     for key, value in info.items():
         if key == "per_request":  # one row per request: `speedbench sweep|predict` read it, tables do not
             continue

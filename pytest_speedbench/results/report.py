@@ -330,6 +330,7 @@ def plot_speedup_vs_batch(frame: Any) -> Any | None:
         top = max(inliers + ci_tops + [1.0]) * 1.12
     fig = _figure(4.2 * len(metrics), 4.6)
     axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
+    unstable_seen = False
     for ax, metric in zip(axes, metrics):
         for series, group in data.groupby("series", sort=False):
             group = group.assign(y=_num(group, metric)).dropna(subset=["y"]).sort_values("batch_size")
@@ -345,6 +346,13 @@ def plot_speedup_vs_batch(frame: Any) -> Any | None:
             shown = group["y"].where(group["y"] <= fence) if top is not None else group["y"]
             ax.errorbar(group["batch_size"].astype(float), shown, yerr=yerr, capsize=3, label=series,
                         **styles[series])
+            if "unstable" in group:  # hollow markers: speedups not trusted (rounds disagreed, implausible)
+                bad = group["unstable"].fillna(False).astype(bool)
+                if bad.any():
+                    ax.plot(group["batch_size"][bad].astype(float), shown[bad], linestyle="none",
+                            marker=styles[series].get("marker", "o"), markersize=9, markerfacecolor="white",
+                            markeredgecolor=styles[series]["color"], markeredgewidth=1.5)
+                    unstable_seen = True
             if top is not None:
                 for _, row in group[group["y"] > fence].iterrows():
                     ax.plot([float(row["batch_size"])], [top * 0.96], marker="^", markersize=9, linestyle="none",
@@ -369,6 +377,8 @@ def plot_speedup_vs_batch(frame: Any) -> Any | None:
     title = "Speculative decoding speedup against batch size (95% CI bars)"
     if top is not None:
         title += f"\n(triangles: outliers above {fence:.3g}, off scale)"
+    if unstable_seen:
+        title += "\n(hollow markers: unstable cases, speedup not trusted)"
     fig.suptitle(title)
     return fig
 
@@ -396,13 +406,15 @@ def summary_columns() -> list[tuple[str, str]]:
     """(column, heading) of the page's summary table: run and case, the catalogue's report
     metrics, then the gate verdict."""
     metrics = [(path, spec.heading(path)) for spec in catalogue.metrics() for path in spec.paths(catalogue.REPORT)]
-    return [("run", "run"), ("case", "case"), *metrics, ("gate.verdict", "gate")]
+    return [("run", "run"), ("case", "case"), *metrics, ("unstable", "unstable"), ("gate.verdict", "gate")]
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:
     from pytest_speedbench.results.gates import fmt
 
     value = row.get(column)
+    if column == "unstable":  # the speedups of this row are not trusted
+        return "UNSTABLE" if value is True else ""
     if value is None or value != value:  # None or NaN
         return "-"
     lo, hi = row.get(f"{column}_ci95_lo"), row.get(f"{column}_ci95_hi")
@@ -444,6 +456,14 @@ def _markdown(runs: Sequence[Run], figures: Mapping[str, Path], headers: list[st
     lines += ["", "## Summary", "", "| " + " | ".join(headers) + " |",
               "|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
+    from pytest_speedbench.results.table import category_rows
+
+    for run in runs:
+        rows = category_rows(list(run.doc.get("benchmarks") or []))
+        if rows:
+            lines += ["", f"## Acceptance length per category: `{run.label}`", "",
+                      "| " + " | ".join(rows[0]) + " |", "|" + "|".join(["---"] + ["---:"] * (len(rows[0]) - 1)) + "|"]
+            lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     for name, path in figures.items():
         lines += ["", f"## {_TITLES[name]}", "", f"![{name}]({path.name})"]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pytest_speedbench.metrics import catalogue
@@ -109,13 +109,55 @@ def gate_lines(entry: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(entries: Sequence[dict[str, Any]]) -> list[str]:
-    """Lines of the summary table: header, rule, one row per entry, then every gate result."""
-    head = header()
-    rows = [head] + [row_for(e) for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+#: what the table's short words mean, printed under it
+LEGEND: tuple[str, ...] = (
+    "legend: AL = acceptance length, tokens per decode step [95% CI]; AL src: chunks = one streamed event per "
+    "decode step, counters = the engine's SD counters, mixed = both (extra_info.al_source_reason says why)",
+    "        speedup user/out/anl = measured user-TPS and output-TPS speedup over the drafter=none twin, and the "
+    "analytical speedup (AR step latency x AL / SD step latency)",
+    "        verdict: pass = every check passed; fail = a check failed, the case errored or a baseline metric is "
+    "missing; skip = nothing to check; unstable = only speedup rules broke on an unstable case (not judged); "
+    "(unstable) = the case's speedups are not trusted",
+)
+
+
+def aligned(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Rows as left-aligned columns, a rule under the first (the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def category_rows(entries: Sequence[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """AL per category: a header (case, then each category seen) and a row per entry that has
+    per-category values; [] when none has."""
+    found = [(e.get("param") or e.get("name", "?"), (e.get("extra_info") or {}).get("acceptance_length_by_category"))
+             for e in entries]
+    found = [(name, cats) for name, cats in found if isinstance(cats, Mapping) and cats]
+    categories = sorted({c for _, cats in found for c in cats})
+    if not found:
+        return []
+    rows = [("case", *categories)]
+    for name, cats in found:
+        rows.append((str(name), *(f"{cats[c]:.2f}" if isinstance(cats.get(c), (int, float)) else "-"
+                                  for c in categories)))
+    return rows
+
+
+def category_table(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """'AL per category:' and the aligned table (terminal with -v, `speedbench compare --per-category`)."""
+    rows = category_rows(entries)
+    return ["AL per category:", *aligned(rows)] if rows else []
+
+
+def render(entries: Sequence[dict[str, Any]], *, per_category: bool = False) -> list[str]:
+    """Lines of the summary table: header, rule, one row per entry, the legend, the AL per
+    category (when asked: -v), then every gate result."""
+    lines = aligned([header()] + [row_for(e) for e in entries])
+    lines += LEGEND
+    if per_category:
+        lines += category_table(entries)
     gates = [line for entry in entries for line in gate_lines(entry)]
     if gates:
         lines += ["gates:", *gates]
@@ -128,9 +170,9 @@ def render(entries: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def summary_lines(entries: Sequence[dict[str, Any]]) -> list[str]:
+def summary_lines(entries: Sequence[dict[str, Any]], per_category: bool = False) -> list[str]:
     """The terminal summary: the table (`render`), then each case's warnings and repeat check."""
-    lines = render(entries)
+    lines = render(entries, per_category=per_category)
     for entry in entries:
         extra = entry.get("extra_info", {})
         for warning in extra.get("warnings") or []:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -48,6 +50,14 @@ class OptionSpec:
     default: Any = None
     #: valid values, or a function giving them (engines: read from the registry when needed)
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    #: environment variable that replaces the default (as pytest-benchmark's PYTEST_BENCHMARK_STORAGE)
+    env: str | None = None
+
+    def default_value(self) -> Any:
+        """The default: the environment variable's value when set and not empty, else `default`."""
+        if self.env and os.environ.get(self.env):
+            return os.environ[self.env]
+        return copy.deepcopy(self.default)
 
     def valid_choices(self) -> tuple[str, ...] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -106,7 +116,11 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("autosave", "--speedbench-autosave",
                "save results under --speedbench-storage as NNNN_<commit>_<time>.json, never overwriting "
                "(on by default; off: no autosave)", "bool", True),
-    OptionSpec("storage", "--speedbench-storage", "directory for autosaved results", "str", ".speedbench"),
+    OptionSpec("storage", "--speedbench-storage", "directory for autosaved results (environment: SPEEDBENCH_STORAGE)",
+               "str", ".speedbench", env="SPEEDBENCH_STORAGE"),
+    OptionSpec("save", "--speedbench-save",
+               "name of this run: autosaved as NNNN_NAME.json (letters, digits, . _ -), and usable wherever a run "
+               "number is", "str", None),
     OptionSpec("compare", "--speedbench-compare", "baseline results: PATH, 'latest' or a run number NNNN",
                "str", None),
     OptionSpec("fail", "--speedbench-fail",
@@ -153,11 +167,12 @@ def add_option(addoption: Callable[..., Any], spec: OptionSpec, *, command: bool
     if spec.kind == "bool":
         kwargs["action"] = "store_true"
     else:
-        kwargs.update(default=spec.default, metavar=spec.name.upper())
+        kwargs.update(default=spec.default_value(), metavar=spec.name.upper())
         if spec.kind in ("int", "float"):
             kwargs["type"] = int if spec.kind == "int" else float
         if spec.default is not None:
-            kwargs["help"] = f"{text} (default: {argparse_help(str(spec.default))})"
+            env = f"; environment: {spec.env}" if spec.env else ""
+            kwargs["help"] = f"{text} (default: {argparse_help(str(spec.default))}{env})"
     addoption("--" + spec.name.replace("_", "-"), **kwargs)
 
 
@@ -242,6 +257,7 @@ class Settings:
     json: str | None
     autosave: bool
     storage: str
+    save: str | None
     compare: str | None
     fail: str | None
     strict: bool
@@ -273,6 +289,9 @@ class Settings:
         for gamma in self.draft_length:
             if gamma < 1:
                 raise UsageError(f"--draft-length: {gamma} must be at least 1 (draft lengths are 1 or more)")
+        if self.save is not None and not re.fullmatch(r"[A-Za-z0-9._-]+", self.save):
+            raise UsageError(f"--speedbench-save: {self.save!r} is not a valid run name; valid names use letters, "
+                             "digits, '.', '_' and '-'")
         if self.warmup < 0:
             raise UsageError(f"--warmup: {self.warmup} must be 0 or more")
         if self.warmup_prompts not in ("outside", "measured"):
@@ -288,6 +307,9 @@ class Settings:
             for bs in overrides.get("batch_size", []):
                 if bs < 1:
                     raise UsageError(f"engines.{engine}.batch_size: {bs} is not a positive integer")
+
+        for key, url in self.server_urls().items():
+            check_url(url, key)
 
     def batch_sizes_for(self, engine: str) -> list[int]:
         return list(self.per_engine.get(engine, {}).get("batch_size", self.batch_size))
@@ -306,6 +328,23 @@ class Settings:
             else:
                 urls["*"] = part
         return urls
+
+
+def check_url(url: str, drafter: str = "*") -> None:
+    """A --server-url value must be http(s)://HOST[:PORT]: without a scheme, every request of
+    every case would fail with a traceback instead of one message up front."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    where = "--server-url" + (f" ({drafter}=...)" if drafter != "*" else "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f"; did you mean http://{url}?" if "://" not in url else ""
+        raise UsageError(f"{where}: {url!r} is not an http(s) URL; valid forms: http://HOST:PORT, "
+                         f"https://HOST:PORT, or DRAFTER=URL,... per drafter{hint}")
+    try:
+        parts.port
+    except ValueError:
+        raise UsageError(f"{where}: {url!r} has a bad port; valid forms: http://HOST:PORT, https://HOST:PORT") from None
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -330,7 +369,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 def _defaults() -> dict[str, Any]:
     """Each option's default (a copy: list defaults must not be shared between sessions)."""
-    return {spec.name: copy.deepcopy(spec.default) for spec in OPTIONS}
+    return {spec.name: spec.default_value() for spec in OPTIONS}
 
 
 def default_settings() -> Settings:
