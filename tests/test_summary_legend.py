@@ -23,7 +23,8 @@ def test_legend_explains_every_short_word_of_the_table():
     lines = render(entries())
     legend = "\n".join(LEGEND)
     assert lines[lines.index(LEGEND[0]) - 1].startswith("sglang-")  # right under the last row
-    for word in ("AL src", "chunks", "counters", "mixed", "anl", "analytical", "pass", "fail", "skip", "unstable"):
+    for word in ("AL src", "chunks", "counters", "mixed", "anl", "analytical", "pass", "fail", "skip", "unstable",
+                 "engine AL/draft", "step ms pooled/req-mean"):
         assert word in legend, word
     assert "AL per category:" not in lines  # only with -v
 

@@ -113,6 +113,9 @@ def gate_lines(entry: dict[str, Any]) -> list[str]:
 LEGEND: tuple[str, ...] = (
     "legend: AL = acceptance length, tokens per decode step [95% CI]; AL src: chunks = one streamed event per "
     "decode step, counters = the engine's SD counters, mixed = both (extra_info.al_source_reason says why)",
+    "        engine AL/draft = 1 + accepted / drafted steps, the acceptance length vLLM's and SGLang's own tools "
+    "print; step ms pooled/req-mean = decode time / decode steps over all requests (the server's own figure), "
+    "then the mean of each request's",
     "        speedup user/out/anl = measured user-TPS and output-TPS speedup over the drafter=none twin, and the "
     "analytical speedup (AR step latency x AL / SD step latency)",
     "        verdict: pass = every check passed; fail = a check failed, the case errored or a baseline metric is "
