@@ -62,6 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if "engine" in settings.explicit:
             for engine in settings.engine:
                 session.availability(engine)
+        from pytest_speedbench.shards import install as install_shards  # --speedbench-shard, --speedbench-plan
+
+        session.config = config
+        install_shards(config, session)
     except UsageError as exc:
         raise pytest.UsageError(f"pytest-speedbench: {exc}") from None
     session.config = config

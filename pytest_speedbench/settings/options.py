@@ -135,6 +135,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "engine_version); cases whose other fields differ are not gated and fail", "list_str", [],
                FINGERPRINT_FIELDS),
     OptionSpec("gpus", "--speedbench-gpus", "GPU ids to spread xdist workers over (comma list)", "str", None),
+    OptionSpec("shard", "--speedbench-shard",
+               "run shard K of N of the matrix (K/N, from 1; engine start groups never split), or auto: from "
+               "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX/SPEEDBENCH_SHARD_COUNT", "str", None),
+    OptionSpec("plan", "--speedbench-plan",
+               "print each shard's cases and estimated time (for --speedbench-shard's N, else for several N), "
+               "then stop without measuring", "bool", False),
 )
 
 OPTION_BY_NAME: dict[str, OptionSpec] = {o.name: o for o in OPTIONS}
@@ -264,6 +270,8 @@ class Settings:
     allow_missing: bool
     allow_change: list[str]
     gpus: str | None
+    shard: str | None
+    plan: bool
     #: per-engine overrides from speedbench.yaml's `engines:` section (batch_size, engine_args, ...)
     per_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: sections of speedbench.yaml other modules read (gates, thresholds, ...)
