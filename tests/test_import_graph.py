@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("results",),
     ("progress", "hookspecs", "commands"),
     ("session", "cli"),
-    ("xdist",),
+    ("xdist", "shards"),
     ("plugin",),
 )
 
