@@ -12,8 +12,8 @@ from pytest_speedbench.cli import main
 
 # Stands in for the tokenizer/dataset (not under test here): three prompts for every case.
 CONFTEST = '''
-from pytest_speedbench.measure.client import WorkItem
-from pytest_speedbench.settings.workload import WorkloadCache
+from pytest_speedbench.data.schema import WorkItem
+from pytest_speedbench.data.workload import WorkloadCache
 
 WorkloadCache.items = lambda self, cfg: [WorkItem(f"p{i}", "coding", ("x",), (1, 2, i)) for i in range(3)]
 WorkloadCache.encoder = property(lambda self: None)
