@@ -23,7 +23,8 @@ import pytest
 
 from pytest_speedbench.settings.matrix import Case
 from pytest_speedbench.settings.partition import (
-    BALANCE_FACTOR, CostModel, Plan, ShardSpec, Workload, matrix_costs, partition, shard_from, start_groups,
+    BALANCE_FACTOR, CostModel, Group, Plan, ShardSpec, Workload, balance_bound, matrix_costs, partition, shard_from,
+    start_groups,
 )
 
 CASE_FIXTURE = "speedbench_case"
@@ -31,14 +32,30 @@ CASE_FIXTURE = "speedbench_case"
 PLAN_COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 
 
-def build_plan(session: Any, count: int, model: CostModel = CostModel()) -> Plan:
-    """The partition of the session's matrix into `count` shards."""
+def grouping(session: Any, count: int, model: CostModel = CostModel()) -> tuple[str, list[Group]]:
+    """(how, groups): whole engine instances or twin pairs, per --speedbench-shard-by (auto:
+    whole instances when there are at least `count` of them, else pairs, so no shard is left
+    idle that could measure); attached servers start nothing, so there it is always pairs."""
     s = session.settings
     cases = list(session.matrix.cases)
     load = Workload(s.num_prompts, len(s.category), s.output_len, s.rounds, s.warmup, s.repeat_check)
     costs = matrix_costs(cases, load, model)
-    groups = start_groups(cases, session.engine_key, launched=not s.server_urls(), costs=costs, model=model)
-    return partition(groups, count)
+    launched = not s.server_urls()
+
+    def groups(whole: bool) -> list[Group]:
+        return start_groups(cases, session.engine_key, launched=launched, costs=costs, model=model,
+                            whole_instances=whole)
+
+    if launched and s.shard_by != "pair":
+        whole = groups(True)
+        if s.shard_by == "engine" or len(whole) >= count:
+            return "engine", whole
+    return "pair", groups(False)
+
+
+def build_plan(session: Any, count: int, model: CostModel = CostModel()) -> Plan:
+    """The partition of the session's matrix into `count` shards."""
+    return partition(grouping(session, count, model)[1], count)
 
 
 def clock(seconds: float) -> str:
@@ -117,7 +134,7 @@ class Estimator:
 # -- what the terminal shows ------------------------------------------------------------------------
 
 
-def shard_lines(plan: Plan, spec: ShardSpec, estimate: Estimator) -> list[str]:
+def shard_lines(plan: Plan, spec: ShardSpec, estimate: Estimator, how: str = "pair") -> list[str]:
     """The header of a shard: where K/N came from, its cases by start group, its time."""
     mine = plan.shards[spec.index - 1]
     total = sum(len(plan.cases(k)) for k in range(1, plan.count + 1))
@@ -125,10 +142,12 @@ def shard_lines(plan: Plan, spec: ShardSpec, estimate: Estimator) -> list[str]:
     saved = estimate.saved_s(spec.index)
     when = f"~{clock(estimate.model_s(spec.index))}" + (f" (saved run: {clock(saved)})" if saved is not None else "")
     lines = [f"speedbench: shard {spec.label} ({spec.source}): {len(plan.cases(spec.index))} of {total} case(s) in "
-             f"{len(mine)} of {groups} start group(s), estimated {when}; plan {plan.fingerprint()}"]
+             f"{len(mine)} of {groups} start group(s) of {GROUPING_TEXT[how]}, estimated {when}; "
+             f"plan {plan.fingerprint()}"]
     if not mine:
         lines.append(f"speedbench: shard {spec.label} has no case: the matrix has {groups} start group(s) for "
-                     f"{plan.count} shards (a group never splits); it passes and saves an empty shard file")
+                     f"{plan.count} shards (a group never splits; --speedbench-shard-by=pair makes more, smaller "
+                     "groups); it passes and saves an empty shard file")
     for group in mine:
         lines.append(f"speedbench:   group {group.name}: {', '.join(c.id for c in group.cases)}")
     return lines
@@ -143,24 +162,47 @@ def plan_lines(plan: Plan, estimate: Estimator) -> list[str]:
                      f"{len(plan.shards[k - 1])} group(s), ~{clock(estimate.model_s(k))}"
                      + (f", saved run: {clock(saved)}" if saved is not None else "")
                      + (f": {', '.join(c.id for c in plan.cases(k))}" if plan.cases(k) else ""))
-    lines.append(f"speedbench:   most expensive shard / mean = {plan.imbalance():.2f} (at most {BALANCE_FACTOR:.2f} "
-                 "x the best partition's; whole start groups limit it)")
+    groups = [g for shard in plan.shards for g in shard]
+    mean = sum(plan.cost(k) for k in range(1, plan.count + 1)) / plan.count
+    bound = balance_bound(groups, plan.count) / mean if mean else 1.0
+    lines.append(f"speedbench:   most expensive shard / mean = {plan.imbalance():.2f} (guaranteed <= {bound:.2f} for "
+                 f"these groups: <= mean + largest group, <= {BALANCE_FACTOR:.2f} x the best partition)")
     return lines
+
+
+SHORT = {"engine": "whole engine instances", "pair": "twin pairs"}
+GROUPING_TEXT = {"engine": "whole engine instances (each server starts once in the fleet)",
+                 "pair": "twin pairs (an AR case with its SD cases; each shard starts the servers it needs)"}
 
 
 def choice_lines(session: Any, saved: tuple[str, dict[str, float]] | None) -> list[str]:
     """Longest shard's estimated time for several N, to choose N."""
-    groups = len(build_plan(session, 1).shards[0])
-    lines = [f"speedbench: {len(session.matrix.cases)} case(s) in {groups} start group(s); longest shard per "
-             "shard count (--speedbench-shard=K/N):"]
-    for count in [n for n in PLAN_COUNTS if n <= max(1, groups)]:
-        plan = build_plan(session, count)
+    cases = len(session.matrix.cases)
+    pairs = len(partition(grouping_for(session, "pair")[1], 1).shards[0])
+    lines = [f"speedbench: {cases} case(s), {pairs} twin pair group(s); longest shard per shard count "
+             "(--speedbench-shard=K/N):"]
+    for count in [n for n in PLAN_COUNTS if n <= max(1, pairs)]:
+        how, groups = grouping(session, count)
+        plan = partition(groups, count)
         estimate = Estimator(plan, saved)
         longest = max(range(1, count + 1), key=plan.cost)
         lines.append(f"speedbench:   N={count}: ~{clock(estimate.model_s(longest))} "
-                     f"(mean ~{clock(sum(estimate.model_s(k) for k in range(1, count + 1)) / count)})")
+                     f"(mean ~{clock(sum(estimate.model_s(k) for k in range(1, count + 1)) / count)}; "
+                     f"{len(groups)} group(s): {SHORT[how]})")
     lines.append(f"speedbench:   ({Estimator(build_plan(session, 1), saved).basis()})")
     return lines
+
+
+def grouping_for(session: Any, how: str) -> tuple[str, list[Group]]:
+    """The groups of one --speedbench-shard-by value, whatever the session's."""
+    from dataclasses import replace
+
+    class View:  # the session with another shard_by: grouping() reads only these
+        settings = replace(session.settings, shard_by=how)
+        matrix = session.matrix
+        engine_key = staticmethod(session.engine_key)
+
+    return grouping(View(), 1)
 
 
 # -- the plugin object ----------------------------------------------------------------------------
@@ -177,12 +219,13 @@ class ShardSupport:
 
     def __init__(self, config: pytest.Config, session: Any, spec: ShardSpec | None) -> None:
         self.config, self.session, self.spec = config, session, spec
-        self.plan = build_plan(session, spec.count) if spec else None
+        self.how, groups = grouping(session, spec.count) if spec else ("pair", [])
+        self.plan = partition(groups, spec.count) if spec else None
         self.started: dict[str, float] = {}
         if spec is not None and self.plan is not None:
             session.book.section["shard"] = {
                 "index": spec.index, "count": spec.count, "source": spec.source,
-                "plan": self.plan.as_dict(), "fingerprint": self.plan.fingerprint(),
+                "plan": self.plan.as_dict(), "fingerprint": self.plan.fingerprint(), "grouping": self.how,
                 "cost": {str(k): self.plan.cost(k) for k in range(1, spec.count + 1)},
                 "matrix": [c.id for c in session.matrix.cases],
             }
@@ -194,7 +237,7 @@ class ShardSupport:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         if self.spec is None or self.plan is None:
             return []
-        return shard_lines(self.plan, self.spec, Estimator(self.plan, history(self.session)))
+        return shard_lines(self.plan, self.spec, Estimator(self.plan, history(self.session)), self.how)
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:

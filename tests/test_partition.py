@@ -86,6 +86,16 @@ def test_launched_engines_group_per_engine_attached_servers_per_twin_pair():
     assert all(g.starts == 0 for g in attached)
 
 
+def test_launched_engines_can_be_grouped_by_twin_pairs_with_their_starts_costed():
+    cases = demo_matrix()
+    costs = matrix_costs(cases, LOAD)
+    pairs = start_groups(cases, key, launched=True, costs=costs, whole_instances=False)
+    attached = start_groups(cases, key, launched=False, costs=costs)
+    assert [g.cases for g in pairs] == [g.cases for g in attached]  # the same 4 groups
+    assert [g.starts for g in pairs] == [3, 3, 3, 3]  # each shard starts the instances its pair needs
+    assert all(p.cost == a.cost + 3 * CostModel().start_steps for p, a in zip(pairs, attached))
+
+
 def test_sd_cases_without_a_twin_stand_alone_when_attached():
     cases = demo_matrix(drafters=["ngram"], engines=["hf"])
     assert [len(g.cases) for g in groups_of(cases, launched=False)] == [1, 1]

@@ -175,8 +175,8 @@ def test_plan_shows_every_shard_and_measures_nothing(shard_suite):
                                  "speedbench:   shard 2/2: 4 case(s) in 2 group(s), ~*"])
     assert "passed" not in result.stdout.str()
     choice = shard_suite("--speedbench-plan")
-    choice.stdout.fnmatch_lines(["speedbench: 6 case(s) in 3 start group(s); longest shard per shard count*",
-                                 "speedbench:   N=1: ~*", "speedbench:   N=3: ~*"])
+    choice.stdout.fnmatch_lines(["speedbench: 6 case(s), 3 twin pair group(s); longest shard per shard count*",
+                                 "speedbench:   N=1: ~*", "speedbench:   N=3: ~* 3 group(s): twin pairs)"])
     assert "N=4" not in choice.stdout.str()
 
 
@@ -187,3 +187,60 @@ def test_bad_shard_values_are_usage_errors(shard_suite):
     result = shard_suite("--speedbench-shard=auto")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no scheduler variables found*"])
+
+
+def _shard_doc(k: int, plan: dict, status: str = "complete", keyword: str | None = None) -> dict:
+    cases = [c for v in plan.values() for c in v]
+    mine = plan[str(k)]
+    return {"commit_info": {"id": "abc", "dirty": k == 2}, "datetime": f"2026-12-0{k}T00:00:00",
+            "machine_info": {"node": f"host{k}"}, "version": "0",
+            "benchmarks": [{"param": c, "fullname": c, "extra_info": {"acceptance_length": 2.0}} for c in mine
+                           if c != "c3-bs1"],
+            "speedbench": {"config": {"output_len": 8, "shard": f"{k}/3"}, "engines": {f"e{k}": {}},
+                           "shard": {"index": k, "count": 3, "plan": plan, "fingerprint": "f", "matrix": cases},
+                           "run": {"status": status, "reason": "" if status == "complete" else "x errored",
+                                   "selection": {"keyword": keyword, "selected": [c for c in mine if c != "c3-bs1"],
+                                                 "deselected": [c for c in cases if c not in mine or c == "c3-bs1"]}}}}
+
+
+def test_merged_run_status_and_selection_keep_a_missing_shard_missing():
+    from pytest_speedbench.results.merge import merge_shards
+
+    plan = {"1": ["c1-bs1", "c1-bs2"], "2": ["c2-bs1"], "3": ["c3-bs1", "c3-bs2"]}
+    docs = [(f"s{k}.json", _shard_doc(k, plan, keyword="bs" if k == 3 else None)) for k in (1, 3)]
+    merged = merge_shards(docs, allow_missing=True).document
+    run = merged["speedbench"]["run"]
+    assert run["status"] == "interrupted" and run["reason"] == "shard 2/3 missing"
+    # c3-bs1: deselected by its own shard (-k); c2-bs1: its shard never reported, so not "left out"
+    assert run["selection"]["deselected"] == ["c3-bs1"]
+    assert run["selection"]["selected"] == ["c1-bs1", "c1-bs2", "c3-bs2"]
+    assert [b["param"] for b in merged["benchmarks"]] == ["c1-bs1", "c1-bs2", "c3-bs2"]
+    assert merged["speedbench"]["shards"]["missing_cases"] == {"2": ["c2-bs1"]}
+    assert set(merged["speedbench"]["engines"]) == {"e1", "e3"}
+    docs = [(f"s{k}.json", _shard_doc(k, plan, status="failed" if k == 2 else "complete")) for k in (1, 2, 3)]
+    merged = merge_shards(docs).document
+    assert merged["speedbench"]["run"]["status"] == "failed"
+    assert merged["speedbench"]["run"]["reason"] == "shard 2/3: x errored"
+    assert merged["commit_info"]["dirty"] is True
+    assert "shard" not in merged["speedbench"]
+
+
+def test_auto_grouping_keeps_engines_whole_only_when_that_fills_every_shard():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from pytest_speedbench.settings.matrix import expand
+    from pytest_speedbench.settings.options import default_settings
+    from pytest_speedbench.shards import grouping
+
+    matrix = expand(["hf", "llamacpp"], ["none", "ngram"], ["qualitative"], [], [1, 4], [0.0])
+    key = lambda c: f"{c.engine}-{c.drafter}"  # noqa: E731
+    session = lambda by: SimpleNamespace(settings=replace(default_settings(), shard_by=by),  # noqa: E731
+                                         matrix=matrix, engine_key=key)
+    assert [grouping(session("auto"), n)[0] for n in (1, 2, 3)] == ["engine", "engine", "pair"]
+    assert len(grouping(session("auto"), 3)[1]) == 4
+    assert grouping(session("engine"), 3)[0] == "engine" and len(grouping(session("engine"), 3)[1]) == 2
+    assert grouping(session("pair"), 1)[0] == "pair"
+    attached = SimpleNamespace(settings=replace(default_settings(), server_url="http://x:1", shard_by="engine"),
+                               matrix=matrix, engine_key=key)
+    assert grouping(attached, 1)[0] == "pair"  # attached servers start nothing: pairs always

@@ -154,6 +154,9 @@ def _document(chosen: Mapping[int, Shard], first: Shard, count: int, missing: li
                   "gpus": (s.doc.get("machine_info") or {}).get("gpus"), "cases": len(s.doc.get("benchmarks", []))}
                  for k, s in sorted(chosen.items())],
     }
+    run = _run_section(chosen, plan, count, missing)
+    if run is not None:
+        section["run"] = run
     commit = dict(first.doc.get("commit_info") or {})
     commit["dirty"] = any((s.doc.get("commit_info") or {}).get("dirty") for s in chosen.values())
     return {
@@ -164,6 +167,43 @@ def _document(chosen: Mapping[int, Shard], first: Shard, count: int, missing: li
         "version": first.doc.get("version"),
         "speedbench": section,
     }
+
+
+#: run statuses from best to worst (results/status.py's values): the merged run takes the worst
+_STATUS_ORDER = ("complete", "failed", "interrupted", "running")
+
+
+def _run_section(chosen: Mapping[int, Shard], plan: Mapping[str, list[str]], count: int,
+                 missing: list[int]) -> dict[str, Any] | None:
+    """The merged run's status and selection (`speedbench.run`), from the shards' own.
+
+    A shard's selection deselects every other shard's cases; in the merged run a case counts as
+    deliberately left out only when its own shard deselected it (-k/-m), so the cases of a
+    missing shard stay missing and the gate fails them.
+    """
+    runs = {k: (s.doc.get("speedbench") or {}).get("run") for k, s in chosen.items()}
+    runs = {k: r for k, r in runs.items() if isinstance(r, Mapping)}
+    if not runs:
+        return None
+    out = dict(runs[min(runs)])
+    worst = max(runs.items(), key=lambda kv: (_STATUS_ORDER.index(kv[1].get("status"))
+                                              if kv[1].get("status") in _STATUS_ORDER else len(_STATUS_ORDER)))
+    out["status"], out["reason"] = worst[1].get("status"), worst[1].get("reason") or ""
+    if worst[1].get("status") != "complete" and worst[1].get("reason"):
+        out["reason"] = f"shard {worst[0]}/{count}: {worst[1].get('reason')}"
+    if missing:
+        out["status"] = "interrupted"
+        out["reason"] = "; ".join(f"shard {k}/{count} missing" for k in missing)
+    selected: list[str] = []
+    deselected: list[str] = []
+    for k, r in sorted(runs.items()):
+        selection = r.get("selection") or {}
+        own = set(plan.get(str(k), []))
+        selected += [c for c in selection.get("selected") or [] if c not in selected]
+        deselected += [c for c in selection.get("deselected") or [] if c in own and c not in deselected]
+    first = runs[min(runs)].get("selection") or {}
+    out["selection"] = {**first, "selected": selected, "deselected": [c for c in deselected if c not in selected]}
+    return out
 
 
 def missing_shards(doc: Mapping[str, Any]) -> list[str]:

@@ -138,6 +138,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("shard", "--speedbench-shard",
                "run shard K of N of the matrix (K/N, from 1; engine start groups never split), or auto: from "
                "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX/SPEEDBENCH_SHARD_COUNT", "str", None),
+    OptionSpec("shard_by", "--speedbench-shard-by",
+               "what a shard keeps whole: engine (every case of a launched engine instance, so each starts once "
+               "in the fleet), pair (an AR case with its SD cases; each shard starts the servers it needs), or "
+               "auto: engine when that fills every shard, else pair", "str", "auto", ("auto", "engine", "pair")),
     OptionSpec("plan", "--speedbench-plan",
                "print each shard's cases and estimated time (for --speedbench-shard's N, else for several N), "
                "then stop without measuring", "bool", False),
@@ -271,6 +275,7 @@ class Settings:
     allow_change: list[str]
     gpus: str | None
     shard: str | None
+    shard_by: str
     plan: bool
     #: per-engine overrides from speedbench.yaml's `engines:` section (batch_size, engine_args, ...)
     per_engine: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -37,6 +37,8 @@ from pytest_speedbench.settings.matrix import Case, bucket_tokens
 QUALITATIVE_CATEGORIES = 11
 ENTROPY_LEVELS = 3
 AUTO = "auto"
+#: --speedbench-shard-by: what a start group keeps whole (GROUPINGS[0] is the default)
+GROUPINGS = ("auto", "engine", "pair")
 #: Kubernetes gives a pod its index (JOB_COMPLETION_INDEX) but not the Job's completions: the
 #: manifest passes the count in this variable
 COUNT_ENV = "SPEEDBENCH_SHARD_COUNT"
@@ -203,9 +205,13 @@ class Group:
 
 
 def start_groups(cases: Sequence[Case], engine_key: Callable[[Case], str], *, launched: bool,
-                 costs: Mapping[Case, float], model: CostModel = CostModel()) -> list[Group]:
-    """Connected cases, in matrix order: an SD case and its twin always; with `launched`
-    engines also every case of one engine instance (`engine_key`), so each starts once."""
+                 costs: Mapping[Case, float], model: CostModel = CostModel(),
+                 whole_instances: bool | None = None) -> list[Group]:
+    """Connected cases, in matrix order: an SD case and its twin always; with
+    `whole_instances` (default: `launched`) also every case of one engine instance
+    (`engine_key`), so each starts once in the whole fleet. A group's cost includes a start per
+    engine instance it launches (`launched`)."""
+    whole = launched if whole_instances is None else whole_instances
     parent = list(range(len(cases)))
     index = {c: i for i, c in enumerate(cases)}
 
@@ -225,7 +231,7 @@ def start_groups(cases: Sequence[Case], engine_key: Callable[[Case], str], *, la
         twin = case.twin() if case.is_speculative else None
         if twin is not None and twin in index:
             join(i, index[twin])
-        if launched:
+        if whole:
             join(i, first_of_key.setdefault(str(engine_key(case)), i))
     members: dict[int, list[Case]] = {}
     for i, case in enumerate(cases):
