@@ -253,8 +253,8 @@ class ShardSupport:
             items[:] = kept
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        if not self.showing_plan:
-            return
+        if not self.showing_plan or not (self.session.settings.plan or any(_case(i) for i in session.items)):
+            return  # --collect-only of a project without speedbench cases: say nothing
         from pytest_speedbench.progress import Terminal
 
         saved = history(self.session)
