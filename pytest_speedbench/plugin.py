@@ -169,6 +169,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return order.get(case, -1)
 
     items.sort(key=key)
+    session.pending = {item.callspec.params[CASE_FIXTURE] for item in items
+                       if CASE_FIXTURE in getattr(getattr(item, "callspec", None), "params", {})}
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +196,7 @@ def speedbench_run(request: pytest.FixtureRequest, speedbench_case: Case, speedb
     """Measure this case against the engine and return its result; call `.check()` to gate."""
     session = _session(request.config)
     terminal = Terminal(request.config)
+    session.workload.say = lambda text: terminal.line(f"speedbench: {text}")  # preparation progress
     progress = CaseProgress(terminal.line, speedbench_case.id)
     with Heartbeat(progress):  # a line every 10 s, also before the first prompt finishes
         result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name,

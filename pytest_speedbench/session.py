@@ -26,6 +26,7 @@ from pytest_speedbench.engines.spec import engine_extra
 from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError, UsageError
 from pytest_speedbench.settings.matrix import Case, Matrix, expand
 from pytest_speedbench.measure.records import RunRecords
+from pytest_speedbench.data.prompt_cache import PromptCache
 from pytest_speedbench.data.workload import WorkloadCache
 from pytest_speedbench.results.record import RunRecord
 
@@ -105,7 +106,10 @@ class SpeedbenchSession:
         self.matrix = build_matrix(settings)
         check_server_urls(settings, self.matrix)
         self.workdir = rootdir / settings.storage / "logs" / time.strftime("%Y%m%d-%H%M%S")
-        self.workload = WorkloadCache(settings, rootdir / settings.storage / "cache")
+        self.workload = WorkloadCache(settings, PromptCache())
+        #: cases still to run (the plugin narrows it to the selected ones); prompts of configs
+        #: none of them uses are released
+        self.pending: set[Case] = set(self.matrix.cases)
         self.entries: dict[str, dict[str, Any]] = {}
         self.runs: dict[Case, tuple[RunRecords, dict[str, Any]]] = {}
         self.engine_info: dict[str, dict[str, Any]] = {}
@@ -171,8 +175,16 @@ class SpeedbenchSession:
         from pytest_speedbench.settings.profile import profile_line, prompt_lines
 
         buckets = list(dict.fromkeys(c.bucket for c in self.matrix.cases if c.bucket))
-        return [profile_line(self.settings, self.settings.yaml_file), *prompt_lines(self.settings, buckets),
+        return [profile_line(self.settings, self.settings.yaml_file), *prompt_lines(self.settings, buckets, self.category_counts(buckets)),
                 f"speedbench: {len(self.matrix.cases)} case(s) in the matrix"]
+
+    def category_counts(self, buckets: list[str]) -> dict[str, dict[str, int] | None]:
+        """Rows per category of the configs the header names, where cheap to know."""
+        from pytest_speedbench.data.loaders import category_counts
+
+        configs = (["qualitative"] if "qualitative" in self.settings.split else []) + \
+            ([f"throughput_{b}" for b in buckets] if "throughput" in self.settings.split else [])
+        return {c: category_counts(self.settings.dataset, c) for c in configs}
 
     def resolved_config(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -347,6 +359,8 @@ class SpeedbenchSession:
         items = self.workload.items(case.dataset_config)
         draft_length = self.engine_config(self.engine_key(case)).draft_length if case.is_speculative else None
         warm, warm_source = self.workload.warmup_items(case.dataset_config, self.settings.warmup)
+        if progress is not None and hasattr(progress, "start"):
+            progress.start()  # the case's time runs from its first request, not from preparing prompts
         if self.interleaves(case):
             return self.measure_rounds(case, engine, items, draft_length, progress, warm, warm_source)
         reset = engine.reset_state()
@@ -506,6 +520,15 @@ class SpeedbenchSession:
         out["speedup_baseline"] = twin.id
         return out
 
+    def release_prompts(self, done: Case) -> None:
+        """Let go of the prompts of configs that no case still to run uses (a full throughput
+        config is hundreds of MB; --bucket defaults to all five)."""
+        self.pending.discard(done)
+        needed = {c.dataset_config for c in self.pending}
+        needed |= {"throughput_" + c.removeprefix("random_") for c in needed if c.startswith("random_")}
+        for config in self.workload.configs() - needed:
+            self.workload.release(config)
+
     def run_case(self, case: Case, engine: Engine, nodeid: str, name: str,
                  progress: Progress | None = None) -> CaseResult:
         """Measure, compute, gate and save one case; failures are recorded before raising."""
@@ -514,6 +537,8 @@ class SpeedbenchSession:
         except BaseException as exc:
             self.record_error(case, nodeid, name, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            self.release_prompts(case)
         from pytest_speedbench.results.gates import FINGERPRINT_KEY, evaluate, find_baseline
 
         extra[FINGERPRINT_KEY] = self.fingerprint(case)

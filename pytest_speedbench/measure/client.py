@@ -45,6 +45,12 @@ class ConversationEncoder(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def request_ids(ids: Sequence[int]) -> Sequence[int]:
+    """Ids as engines serialize them: Python ints (an int32 array's items are numpy scalars)."""
+    tolist = getattr(ids, "tolist", None)
+    return tolist() if tolist is not None else ids
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     batch_size: int
@@ -129,7 +135,7 @@ async def _drive(
         for turn, text in enumerate(item.turns):
             messages.append({"role": "user", "content": text})
             if turn == 0:
-                ids: Sequence[int] = item.first_ids
+                ids: Sequence[int] = request_ids(item.first_ids)
             else:
                 if encoder is None:
                     break
@@ -207,7 +213,7 @@ def run_http_sharded(
     warm = asyncio_run(run_http(engine, items, spec, encoder, measure=False, warmup_items=warmup_items)).requests \
         if spec.warmup else []
     offset = spec.warmup
-    requests = [engine.build_request(i.first_ids, sampling_for(spec, offset + n)) for n, i in enumerate(items)]
+    requests = [engine.build_request(request_ids(i.first_ids), sampling_for(spec, offset + n)) for n, i in enumerate(items)]
     labels = [(i.prompt_id, i.category) for i in items]
     counters: dict[str, Any] = {}
 
