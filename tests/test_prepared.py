@@ -117,7 +117,7 @@ def test_least_recently_used_entries_are_evicted_past_the_limit(tmp_path):
     offsets = np.array([0, 1000])
     for key in ("a", "b", "c"):
         cache.store(key, arrays, offsets, {"prompt_ids": ["p"]})
-    size = cache.entries()[0].bytes
+    size = max(e.bytes for e in cache.entries()) + 64  # meta.json lengths differ by a few bytes
     assert cache.load("a") is not None  # a is now the most recently used
     os.utime(cache.root / "b" / "meta.json", (1, 1))
     os.utime(cache.root / "c" / "meta.json", (2, 2))
