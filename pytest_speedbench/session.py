@@ -17,9 +17,11 @@ from typing import Any
 from pytest_speedbench.metrics import run as metrics
 from pytest_speedbench.metrics.per_request import mean_isl, per_request_rows
 from pytest_speedbench.metrics import speedup
+from pytest_speedbench.metrics.breakdowns import BreakdownInputs
+from pytest_speedbench.metrics.goodput import goodput
 from pytest_speedbench.metrics.request import request_e2e
 from pytest_speedbench.measure.client import LoadSpec, Progress, run_load
-from pytest_speedbench.settings.options import Settings
+from pytest_speedbench.settings.options import Settings, parse_slos
 from pytest_speedbench.engines import DRAFTERS, get_spec, parallel_args
 from pytest_speedbench.engines.base import Engine, EngineConfig
 from pytest_speedbench.engines.spec import engine_extra
@@ -77,6 +79,7 @@ def build_matrix(settings: Settings) -> Matrix:
         configs=available_configs(settings.dataset),
         dataset=settings.dataset,
         draft_lengths=settings.draft_length,
+        request_rates=settings.request_rate,
     )
 
 
@@ -133,6 +136,8 @@ class SpeedbenchSession:
         self.deselected: list[str] = []
         self.book = ResultsBook(settings, rootdir, {"config": self.resolved_config(), "engines": self.engine_info,
                                                     "run": self.record.section})
+        self._analysis: BreakdownInputs | None = None
+        self.slos = parse_slos(settings.goodput) if settings.goodput else None
         self._init_gates()
         self.preflight()
 
@@ -150,7 +155,28 @@ class SpeedbenchSession:
             if isinstance(path, str) and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
                 raise UsageError(f"{flag}: {path} does not exist (give a model folder, a GGUF file, a bundled model "
                                  "name or a hub id" + (", or layers:N" if "draft" in flag else "") + ")")
+        corpus = s.rank_corpus
+        if corpus != "bundled" and not Path(corpus).expanduser().is_file():
+            raise UsageError(f"--rank-corpus: {corpus} is not a file (give 'bundled', a text file or a .jsonl file)")
         self.book.check_writable()
+
+    def analysis_inputs(self) -> BreakdownInputs:
+        """The reasoning marker and token ranks of the acceptance breakdowns, built once with the
+        target tokenizer (data/reasoning.py, data/token_ranks.py)."""
+        if self._analysis is None:
+            from pytest_speedbench.data import reasoning, token_ranks
+
+            encoder = self.workload.encoder
+            tokenizer = getattr(encoder, "tokenizer", None)
+            if tokenizer is None:  # nothing to decode or rank with: the breakdowns say so
+                self._analysis = BreakdownInputs()
+                return self._analysis
+            marker = reasoning.resolve_marker(self.settings.thinking_end, self.settings.model)
+            ranks = token_ranks.corpus_ranks(tokenizer, self.settings.rank_corpus)
+            self._analysis = BreakdownInputs(
+                marker=marker, boundary=reasoning.boundary_finder(tokenizer, marker) if marker else None,
+                ranks=ranks, rank_corpus=token_ranks.describe(self.settings.rank_corpus, ranks))
+        return self._analysis
 
     def _init_gates(self) -> None:
         from pytest_speedbench.results.gates import parse_thresholds, rules_from_settings
@@ -347,7 +373,7 @@ class SpeedbenchSession:
     def load_spec(self, case: Case) -> LoadSpec:
         s = self.settings
         return LoadSpec(case.batch_size, s.output_len, case.temperature, s.warmup, s.request_timeout, s.seed,
-                        ignore_eos=s.ignore_eos)
+                        ignore_eos=s.ignore_eos, request_rate=case.request_rate, burstiness=s.burstiness)
 
     def measure(self, case: Case, engine: Engine, progress: Progress | None = None) -> tuple[RunRecords, dict[str, Any]]:
         """Reset the engine's cross-request state, warm up outside the measured prompts, measure.
@@ -365,7 +391,8 @@ class SpeedbenchSession:
             return self.measure_rounds(case, engine, items, draft_length, progress, warm, warm_source)
         reset = engine.reset_state()
         run = run_load(engine, items, self.load_spec(case), self.workload.encoder, progress, warm)
-        extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
+        extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed,
+                                            analysis=self.analysis_inputs(), slos=self.slos)
         extra.update(self.speedups_for(case, run, extra))
         extra["client"] = run.client_info
         extra["engine_counters"] = run.engine_counters  # run-level deltas (vLLM), for audit
@@ -416,12 +443,16 @@ class SpeedbenchSession:
             resets.append(engine.reset_state())
             sd_runs.append(run_load(engine, items, this, self.workload.encoder, step(2 * i + 1), warm))
         run, ar_run = merge_rounds(sd_runs), merge_rounds(ar_runs)
-        extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=seed)
-        ar_extra = metrics.compute_run_metrics(ar_run, seed=seed)
+        extra = metrics.compute_run_metrics(run, draft_length=draft_length, seed=seed, analysis=self.analysis_inputs(), slos=self.slos)
+        ar_extra = metrics.compute_run_metrics(ar_run, seed=seed, analysis=self.analysis_inputs(), slos=self.slos)
         for side, runs in ((extra, sd_runs), (ar_extra, ar_runs)):  # a window must not span the other side
             per_round = [metrics.output_tps([r for r in x.measured if r.ok]) for x in runs]
             side["output_tps_rounds"] = per_round
             side["output_tps"] = float(sum(v for v in per_round if v) / len(per_round)) if all(per_round) else None
+            if self.slos:  # per pass too: a window spanning both sides' passes would halve it
+                good = [goodput([r for r in x.measured if r.ok], self.slos)["goodput_rps"] for x in runs]
+                side["goodput_rps_rounds"] = good
+                side["goodput_rps"] = float(sum(good) / len(good)) if all(g is not None for g in good) else None
         speedups = speedup.compute_speedups(run, ar_run, extra, ar_extra, seed=seed)
         sd_tps, ar_tps, keys = R.paired_user_tps(sd_runs, ar_runs)
         if keys:
@@ -457,7 +488,8 @@ class SpeedbenchSession:
 
     def _metrics(self, case: Case, run: RunRecords) -> dict[str, Any]:
         draft_length = self.engine_config(self.engine_key(case)).draft_length if case.is_speculative else None
-        return metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
+        return metrics.compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed,
+                                            analysis=self.analysis_inputs(), slos=self.slos)
 
     def _record_state(self, case: Case, engine: Engine, extra: dict[str, Any], reset: Any, warm: Any,
                       warm_source: str, resets: list[Any] | None = None) -> None:

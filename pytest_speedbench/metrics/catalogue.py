@@ -46,7 +46,8 @@ class MetricSpec:
     label: str
     #: `<name>_ci95` holds the run's 95% bootstrap interval [lo, hi]
     has_ci: bool = False
-    #: "scalar" (a number), "summary" ({mean, std, p50, p90, p99}) or "text" (a label, never gated)
+    #: "scalar" (a number), "summary" ({mean, std, p50, p90, p99}), "text" (a label, never gated) or
+    #: "breakdown" ({bin: value}, with `<name>_detail` holding counts; never gated)
     kind: str = "scalar"
     #: `<name>_by_category` holds {category: value}; thresholds with `category` may bound it
     per_category: bool = False
@@ -63,7 +64,7 @@ class MetricSpec:
     @property
     def gated(self) -> bool:
         """Whether rules and thresholds may name it."""
-        return self.direction != NEUTRAL and self.kind != "text"
+        return self.direction != NEUTRAL and self.kind not in ("text", "breakdown")
 
     def paths(self, view: str) -> list[str]:
         """The metric paths shown in `view`: [name] for a scalar, [name.stat, ...] for a summary."""
@@ -109,6 +110,18 @@ METRICS: tuple[MetricSpec, ...] = (
                shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl"),
     MetricSpec("speedup_analytical", "x", HIGHER, "speedup analytical", has_ci=True,
                shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl"),
+    # with --goodput (metrics/goodput.py): requests meeting every latency SLO; the goodput speedup
+    # (SD / AR goodput_rps, metrics/speedup.py) is not in SPEEDUP_KEYS: it has no interval and an
+    # SLO threshold may move it beyond what the AL allows without the case being unstable
+    MetricSpec("speedup_goodput", "x", HIGHER, "speedup goodput", shown={COMPARE: (), JUNIT: ()}),
+    MetricSpec("goodput_rps", "requests/s", HIGHER, "goodput", shown={COMPARE: (), REPORT: (), JUNIT: ()}),
+    MetricSpec("goodput_fraction", "fraction", HIGHER, "goodput share", shown={COMPARE: (), JUNIT: ()}),
+    # open loop (--request-rate): the client's delay in sending a due request, and the wait for a
+    # slot under the concurrency cap (measure/client.py); None in closed-loop runs
+    _summary_row("send_lag_s", "s", NEUTRAL, "send lag", shown={JUNIT: ("p50", "p99")},
+                 compute=lambda rs: _summary(rs, "request_send_lag")),
+    _summary_row("cap_wait_s", "s", NEUTRAL, "cap wait", shown={JUNIT: ("p50", "p99")},
+                 compute=lambda rs: _summary(rs, "request_cap_wait")),
     _summary_row("user_tps", "tokens/s", HIGHER, "user TPS",
                  shown={COMPARE: ("mean",), REPORT: ("mean",), JUNIT: ("mean",)}),
     _summary_row("ttft_s", "s", LOWER, "TTFT",
@@ -128,9 +141,23 @@ METRICS: tuple[MetricSpec, ...] = (
     _summary_row("e2e_s", "s", LOWER, "E2E"),
     MetricSpec("num_requests", "requests", NEUTRAL, "requests", shown={JUNIT: ()}),
     MetricSpec("num_output_tokens", "tokens", NEUTRAL, "output tokens", shown={JUNIT: ()}),
+    # acceptance breakdowns (metrics/breakdowns.py; plotted by the report, docs/breakdowns.md)
+    MetricSpec("al_by_position", "tokens/step", NEUTRAL, "AL by output position", kind="breakdown"),
+    MetricSpec("al_by_position_by_category", "tokens/step", NEUTRAL, "AL by category and position", kind="breakdown"),
+    MetricSpec("al_thinking_answer", "tokens/step", NEUTRAL, "AL thinking/answer", kind="breakdown"),
+    MetricSpec("accepted_share_by_rarity", "fraction", NEUTRAL, "accepted share by rarity", kind="breakdown"),
     # mean turn-0 prompt length in target tokens (with `per_request`, the rows speedbench sweep|predict read)
     MetricSpec("isl_mean", "tokens", NEUTRAL, "mean ISL", shown={JUNIT: ()}),
 )
+
+
+def _summary(requests: Sequence[Any], formula: str) -> dict[str, Any] | None:
+    """{mean, std, p50, p90, p99} of a per-request formula of metrics/request.py; None when no
+    request has a value (e.g. send lag in a closed-loop run)."""
+    from pytest_speedbench.metrics import request, stats
+
+    values = [v for v in (getattr(request, formula)(r) for r in requests) if v is not None]
+    return stats.summarize(values) if values else None
 
 
 def metrics() -> tuple[MetricSpec, ...]:
