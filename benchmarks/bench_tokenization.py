@@ -7,7 +7,6 @@ Python standard library's sources, so every prompt must be cut to its bucket, th
 `--exact` makes them exact first, like published SPEED-Bench rows). Phases, each timed:
 - pipeline: `bucket_prompts` (exact o200k cut, verified) + `PromptEncoder.encode_first_turns`
   (chat template, target encode), no cache;
-- cached: the same encode again from the disk cache;
 - raw tiktoken: `encode_ordinary_batch` of the input texts;
 - raw tokenizer: the target tokenizer's batch encode of the bucketed texts, no template.
 The ratio is (raw tiktoken + raw tokenizer time) / pipeline time, best of --repeats
@@ -22,7 +21,6 @@ import argparse
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -96,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"setup {time.perf_counter() - t0:.1f}s; {len(prompts)} prompts x {args.tokens} o200k tokens, "
           f"tokenizer {getattr(tok, 'name_or_path', type(tok).__name__)}, cores {os.cpu_count()}")
 
-    def pipeline(cache: str) -> tuple[list[Prompt], int, float, float]:
+    def pipeline() -> tuple[list[Prompt], int, float, float]:
         bucketed, t_b = timed(bucket_prompts, prompts, args.tokens)
-        ids, t_e = timed(PromptEncoder(tok, cache_dir=cache).encode_first_turns, bucketed)
+        ids, t_e = timed(PromptEncoder(tok).encode_first_turns, bucketed)
         return bucketed, sum(map(len, ids)), t_b, t_e
 
     def raw_tiktoken() -> int:
@@ -118,21 +116,19 @@ def main(argv: list[str] | None = None) -> int:
     best: dict[str, float] = {}
     rss_before = rss_after = 0.0
     for rep in range(args.repeats):
-        with tempfile.TemporaryDirectory() as cache:
-            rss_before = rss_before or maxrss_mib()
-            bucketed, target_tokens, t_b, t_e = pipeline(cache)
-            rss_after = rss_after or maxrss_mib()
-            _, t_c = timed(PromptEncoder(tok, cache_dir=cache).encode_first_turns, bucketed)
+        rss_before = rss_before or maxrss_mib()
+        bucketed, target_tokens, t_b, t_e = pipeline()
+        rss_after = rss_after or maxrss_mib()
         texts = [p.turns[0] for p in bucketed]
         o200k_in, t_tk = timed(raw_tiktoken)
         raw_target, t_tok = timed(raw_tokenizer, texts)
-        for key, value in (("bucket", t_b), ("encode", t_e), ("pipeline", t_b + t_e), ("cached", t_c),
+        for key, value in (("bucket", t_b), ("encode", t_e), ("pipeline", t_b + t_e),
                            ("tiktoken", t_tk), ("tokenizer", t_tok), ("raw", t_tk + t_tok)):
             best[key] = min(best.get(key, value), value)
         print(f"  rep {rep}: pipeline {t_b + t_e:.2f} s, raw {t_tk + t_tok:.2f} s")
     counts = count_tokens_batch(texts)
     exact = all(c == args.tokens for c in counts)
-    t_bucket, t_encode, t_pipeline, t_cached = best["bucket"], best["encode"], best["pipeline"], best["cached"]
+    t_bucket, t_encode, t_pipeline = best["bucket"], best["encode"], best["pipeline"]
     t_tiktoken, t_tok, t_raw = best["tiktoken"], best["tokenizer"], best["raw"]
 
     def rate(n: float, t: float) -> str:
@@ -144,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"raw       tiktoken {rate(o200k_in, t_tiktoken)} + tokenizer {rate(raw_target, t_tok)}"
           f" = {rate(raw_target, t_raw)} target tokens")
     print(f"ratio raw/pipeline time: {t_raw / t_pipeline:.2f}  (goal >= 0.8)")
-    print(f"cached re-run: {t_cached:.2f} s ({target_tokens / t_cached / 1e6:.1f} M tok/s, no tokenization)")
+    print("cached re-runs: see benchmarks/bench_prepare.py (a cache hit reads and tokenizes nothing)")
     print(f"peak RSS {rss_after:.0f} MiB (+{rss_after - rss_before:.0f} MiB during the pipeline); "
           f"python {sys.version.split()[0]}")
     return 0 if exact else 1

@@ -21,12 +21,13 @@ from pytest_speedbench.engines.base import Engine, StateReset
 from pytest_speedbench.measure.client import LoadSpec, Progress, run_load
 from pytest_speedbench.measure.records import RunRecords
 from pytest_speedbench.metrics import rounds, speedup
+from pytest_speedbench.metrics.breakdowns import BreakdownInputs
 from pytest_speedbench.metrics.per_request import mean_isl, per_request_rows
 from pytest_speedbench.metrics.run import compute_run_metrics
 from pytest_speedbench.results import fingerprint as fp
 from pytest_speedbench.results.gates import junit_properties
 from pytest_speedbench.settings.matrix import Case, EngineKey
-from pytest_speedbench.settings.options import Settings
+from pytest_speedbench.settings.options import Settings, parse_slos
 
 
 @dataclass
@@ -59,6 +60,11 @@ class CaseRunner:
         self.pool = pool
         self.workload = workload
         self.cases = set(cases)
+        #: cases still to run (the plugin narrows it to the selected ones); prompts of configs
+        #: none of them uses are released
+        self.pending: set[Case] = set(cases)
+        self.slos = parse_slos(settings.goodput) if settings.goodput else None
+        self._analysis: BreakdownInputs | None = None
         #: measure SD cases in rounds with their twins (off on xdist workers grouped per config,
         #: whose twins run elsewhere)
         self.interleave = True
@@ -81,7 +87,7 @@ class CaseRunner:
     def load_spec(self, case: Case) -> LoadSpec:
         s = self.settings
         return LoadSpec(case.batch_size, s.output_len, case.temperature, s.warmup, s.request_timeout, s.seed,
-                        ignore_eos=s.ignore_eos)
+                        ignore_eos=s.ignore_eos, request_rate=case.request_rate, burstiness=s.burstiness)
 
     def draft_length(self, case: Case) -> int | None:
         return self.pool.config(case.engine_key).draft_length if case.is_speculative else None
@@ -91,6 +97,8 @@ class CaseRunner:
         """The case's run (every SD pass) and its `extra_info` metrics."""
         items = self.workload.items(case.dataset_config)
         warm, warm_source = self.workload.warmup_items(case.dataset_config, self.settings.warmup)
+        if progress is not None and hasattr(progress, "start"):
+            progress.start()  # the case's time runs from its first request, not from preparing prompts
         twin = case.twin() if self.interleaves(case) else None
         sides = [(self.pool.acquire(twin.engine_key), "ar")] if twin is not None else []
         sides.append((engine, "sd"))
@@ -106,11 +114,11 @@ class CaseRunner:
                                            _pass_progress(progress, len(sides) * i + j, len(sides) * count), warm))
         run = rounds.merge_rounds(runs["sd"]) if twin is not None else runs["sd"][0]
         draft_length = self.draft_length(case)
-        extra = compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed)
+        extra = self.metrics(run, draft_length)
         if twin is not None:
-            ar_extra = compute_run_metrics(rounds.merge_rounds(runs["ar"]), seed=self.settings.seed)
+            ar_extra = self.metrics(rounds.merge_rounds(runs["ar"]), None)
             speedups, ar_user_tps = rounds.interleaved_speedups(runs["sd"], runs["ar"], extra, ar_extra,
-                                                                seed=self.settings.seed)
+                                                                seed=self.settings.seed, slos=self.slos)
             extra.update(speedups, speedup_baseline=twin.id)
             self.on_twin_rounds(twin, case, {
                 "user_tps_mean_rounds": ar_user_tps, "output_tps_rounds": ar_extra["output_tps_rounds"],
@@ -127,6 +135,37 @@ class CaseRunner:
             extra["repeat_check"] = self.repeat_check(case, engine, items, extra)
         self.runs[case] = (run, extra)
         return run, extra
+
+    def metrics(self, run: RunRecords, draft_length: int | None) -> dict[str, Any]:
+        """The run's `extra_info` metrics (metrics/run.py) with the breakdowns and goodput."""
+        return compute_run_metrics(run, draft_length=draft_length, seed=self.settings.seed,
+                                   analysis=self.analysis_inputs(), slos=self.slos)
+
+    def analysis_inputs(self) -> BreakdownInputs:
+        """The reasoning marker and token ranks of the acceptance breakdowns, built once with the
+        target tokenizer (data/reasoning.py, data/token_ranks.py)."""
+        if self._analysis is None:
+            from pytest_speedbench.data import reasoning, token_ranks
+
+            tokenizer = getattr(self.workload.encoder, "tokenizer", None)
+            if tokenizer is None:  # nothing to decode or rank with: the breakdowns say so
+                self._analysis = BreakdownInputs()
+                return self._analysis
+            marker = reasoning.resolve_marker(self.settings.thinking_end, self.settings.model)
+            ranks = token_ranks.corpus_ranks(tokenizer, self.settings.rank_corpus)
+            self._analysis = BreakdownInputs(
+                marker=marker, boundary=reasoning.boundary_finder(tokenizer, marker) if marker else None,
+                ranks=ranks, rank_corpus=token_ranks.describe(self.settings.rank_corpus, ranks))
+        return self._analysis
+
+    def release_prompts(self, done: Case) -> None:
+        """Let go of the prompts of configs that no case still to run uses (a full throughput
+        config is hundreds of MB; --bucket defaults to all five)."""
+        self.pending.discard(done)
+        needed = {c.dataset_config for c in self.pending}
+        needed |= {"throughput_" + c.removeprefix("random_") for c in needed if c.startswith("random_")}
+        for config in self.workload.configs() - needed:
+            self.workload.release(config)
 
     def fingerprint(self, case: Case, machine: dict[str, Any]) -> dict[str, str]:
         """Everything besides the code under test that changes this case's numbers
@@ -184,7 +223,7 @@ class CaseRunner:
         a reset, SGLang NGRAM's second pass replays the first and AL jumps far outside)."""
         reset = engine.reset_state()
         run2 = run_load(engine, items, replace(self.load_spec(case), warmup=0), self.workload.encoder)
-        second = compute_run_metrics(run2, draft_length=self.draft_length(case), seed=self.settings.seed)
+        second = self.metrics(run2, self.draft_length(case))
         first_al, ci = extra.get("acceptance_length"), extra.get("acceptance_length_ci95")
         second_al = second.get("acceptance_length")
         check: dict[str, Any] = {"first": first_al, "first_ci95": ci, "second": second_al,

@@ -63,6 +63,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if "engine" in settings.explicit:
             for engine in settings.engine:
                 session.pool.availability(engine)
+        from pytest_speedbench.shards import install as install_shards  # --speedbench-shard, --speedbench-plan
+
+        session.config = config
+        install_shards(config, session)
     except UsageError as exc:
         raise pytest.UsageError(f"pytest-speedbench: {exc}") from None
     session.config = config
@@ -128,6 +132,18 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
             speedbench.deselected += [c.id for c in cases]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Build the acceptance breakdowns' inputs (tokenizer, token ranks) before the first case,
+    so their one-time cost never lands inside a case's timed setup."""
+    speedbench = session.config.stash.get(SESSION_KEY, None)
+    if speedbench is not None and not session.config.option.collectonly and _uses_speedbench(session.items):
+        try:
+            speedbench.runner.analysis_inputs()
+        except Exception:  # noqa: BLE001  (a tokenizer that cannot load fails its cases, with the cause, as before)
+            pass
+
+
 def _cases(items: list[pytest.Item]) -> list[Case]:
     cases = []
     for item in items:
@@ -166,6 +182,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return order.get(case, -1)
 
     items.sort(key=key)
+    session.runner.pending = {item.callspec.params[CASE_FIXTURE] for item in items
+                       if CASE_FIXTURE in getattr(getattr(item, "callspec", None), "params", {})}
 
 
 @pytest.fixture(scope="session")
@@ -190,6 +208,7 @@ def speedbench_run(request: pytest.FixtureRequest, speedbench_case: Case, speedb
     """Measure this case against the engine and return its result; call `.check()` to gate."""
     session = _session(request.config)
     terminal = Terminal(request.config)
+    session.workload.say = lambda text: terminal.line(f"speedbench: {text}")  # preparation progress
     progress = CaseProgress(terminal.line, speedbench_case.id)
     with Heartbeat(progress):  # a line every 10 s, also before the first prompt finishes
         result = session.run_case(speedbench_case, speedbench_engine, request.node.nodeid, request.node.name,

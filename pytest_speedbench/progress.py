@@ -59,6 +59,11 @@ class CaseProgress:
         self.records: list[Any] = []
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """The case's first request is about to go out: its time starts now (preparing its
+        prompts, which has its own lines, is not case time)."""
+        self.started = self.last = self.clock()
+
     def __call__(self, done: int, total: int) -> None:
         self.done, self.total = done, total
         self.tick()

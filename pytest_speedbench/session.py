@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_speedbench.case_runner import CaseResult, CaseRunner, request_failures
-from pytest_speedbench.data.loaders import available_configs, check_categories, check_dataset
+from pytest_speedbench.data.loaders import available_configs, category_counts, check_categories, check_dataset
+from pytest_speedbench.data.prompt_cache import PromptCache
 from pytest_speedbench.data.workload import WorkloadCache
 from pytest_speedbench.engine_pool import EnginePool
 from pytest_speedbench.engines import DRAFTERS
@@ -52,6 +53,7 @@ def build_matrix(settings: Settings) -> Matrix:
         configs=available_configs(settings.dataset),
         dataset=settings.dataset,
         draft_lengths=settings.draft_length,
+        request_rates=settings.request_rate,
     )
 
 
@@ -85,8 +87,8 @@ class SpeedbenchSession:
         self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
         workdir = rootdir / settings.storage / "logs" / time.strftime("%Y%m%d-%H%M%S")
         self.pool = EnginePool(settings, self.matrix, workdir)
-        workload = WorkloadCache(settings, rootdir / settings.storage / "cache")
-        self.runner = CaseRunner(settings, self.pool, workload, self.matrix.cases)
+        self.workload = WorkloadCache(settings, PromptCache())
+        self.runner = CaseRunner(settings, self.pool, self.workload, self.matrix.cases)
         self.runner.on_twin_rounds = self._record_twin_rounds
         self.record = RunRecord()
         self.record.section["name"] = settings.save
@@ -126,12 +128,17 @@ class SpeedbenchSession:
             if isinstance(path, str) and path.startswith(("/", ".", "~")) and not Path(path).expanduser().exists():
                 raise UsageError(f"{flag}: {path} does not exist (give a model folder, a GGUF file, a bundled model "
                                  "name or a hub id" + (", or layers:N" if "draft" in flag else "") + ")")
+        if s.rank_corpus != "bundled" and not Path(s.rank_corpus).expanduser().is_file():
+            raise UsageError(f"--rank-corpus: {s.rank_corpus} is not a file (give 'bundled', a text file or a .jsonl file)")
         self.book.check_writable()
 
     def header_lines(self) -> list[str]:
         """The session header: which profile, which prompts and how many per category."""
+        s = self.settings
         buckets = list(dict.fromkeys(c.bucket for c in self.matrix.cases if c.bucket))
-        return [profile_line(self.settings, self.settings.yaml_file), *prompt_lines(self.settings, buckets),
+        configs = ["qualitative"] * ("qualitative" in s.split) + [f"throughput_{b}" for b in buckets] * ("throughput" in s.split)
+        counts = {c: category_counts(s.dataset, c) for c in configs}  # rows per category, where cheap to know
+        return [profile_line(s, s.yaml_file), *prompt_lines(s, buckets, counts),
                 f"speedbench: {len(self.matrix.cases)} case(s) in the matrix"]
 
     def resolved_config(self) -> dict[str, Any]:
@@ -167,6 +174,8 @@ class SpeedbenchSession:
         except BaseException as exc:
             self.record_error(case, nodeid, name, f"{type(exc).__name__}: {exc}")
             raise
+        finally:
+            self.runner.release_prompts(case)
         extra[FINGERPRINT_KEY] = self.runner.fingerprint(case, self.book.machine_info(self.config))
         s = self.settings
         verdict = evaluate(

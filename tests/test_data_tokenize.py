@@ -1,4 +1,4 @@
-"""Pre-tokenization: one BOS with templates that write it, raw mode, multi-turn, disk cache."""
+"""Pre-tokenization: one BOS with templates that write it, raw mode, multi-turn, the fingerprint that keys the prompt cache."""
 
 from __future__ import annotations
 
@@ -65,36 +65,20 @@ def test_conversation_includes_previous_answer_and_generation_cue(bos_tokenizer:
     assert enc.decode(first).endswith("<|assistant|>") and "second question" not in enc.decode(first)
 
 
-def test_second_run_does_no_tokenization(bos_tokenizer: Any, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    prompts = [_prompt(i) for i in range(5)]
-    first = PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
-    assert len(list(tmp_path.glob("pretok-*.npz"))) == 1
-
-    def boom(*a: Any, **k: Any) -> Any:
-        raise AssertionError("tokenizer called on a cache hit")
-
-    cached = PromptEncoder(bos_tokenizer, cache_dir=tmp_path)
-    monkeypatch.setattr(cached, "_encode_texts", boom)
-    monkeypatch.setattr(cached, "render", boom)
-    assert cached.encode_first_turns(prompts) == first
-
-
-def test_cache_key_changes_with_content_template_and_mode(bos_tokenizer: Any, tmp_path: Path) -> None:
-    prompts = [_prompt(i) for i in range(3)]
-    PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
-    PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts[:2] + [_prompt(9)])
-    raw = PromptEncoder(bos_tokenizer, chat_template=False, cache_dir=tmp_path)
-    raw_ids = raw.encode_first_turns(prompts)
-    assert len(list(tmp_path.glob("pretok-*.npz"))) == 3
-    assert raw_ids[0][1:] == bos_tokenizer("the quick brown fox 0", add_special_tokens=False)["input_ids"]
+def test_fingerprint_follows_template_and_mode(bos_tokenizer: Any) -> None:
+    """The fingerprint keys the prepared-prompt cache: a template or mode change must change it."""
+    templated = PromptEncoder(bos_tokenizer).fingerprint
+    raw = PromptEncoder(bos_tokenizer, chat_template=False)
+    assert raw.fingerprint != templated
+    assert raw.encode_first_turns([_prompt(0)])[0][1:] == \
+        bos_tokenizer("the quick brown fox 0", add_special_tokens=False)["input_ids"]
     original = bos_tokenizer.chat_template
     try:
         bos_tokenizer.chat_template = original.replace("<|end|>", "<|end|>\n")
-        PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
+        assert PromptEncoder(bos_tokenizer).fingerprint != templated
     finally:
         bos_tokenizer.chat_template = original
-    assert len(list(tmp_path.glob("pretok-*.npz"))) == 4
+    assert PromptEncoder(bos_tokenizer).fingerprint == templated
 
 
 def test_fingerprint_differs_between_tokenizers(bos_tokenizer: Any, tiny_tokenizer_dir: Path) -> None:
@@ -104,14 +88,6 @@ def test_fingerprint_differs_between_tokenizers(bos_tokenizer: Any, tiny_tokeniz
     assert tokenizer_fingerprint(plain) != tokenizer_fingerprint(bos_tokenizer)
     again = PreTrainedTokenizerFast.from_pretrained(tiny_tokenizer_dir)
     assert tokenizer_fingerprint(plain) == tokenizer_fingerprint(again)
-
-
-def test_damaged_cache_is_a_miss(bos_tokenizer: Any, tmp_path: Path) -> None:
-    prompts = [_prompt(i) for i in range(2)]
-    good = PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts)
-    for f in tmp_path.glob("pretok-*.npz"):
-        f.write_bytes(b"not a zip")
-    assert PromptEncoder(bos_tokenizer, cache_dir=tmp_path).encode_first_turns(prompts) == good
 
 
 def test_missing_chat_template_is_a_usage_error(bos_tokenizer: Any) -> None:

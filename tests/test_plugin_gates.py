@@ -21,7 +21,7 @@ from conftest import SUITE
 
 from pytest_speedbench import cli
 from pytest_speedbench.results.gates import fmt
-from pytest_speedbench.results.table import gate_lines, render
+from pytest_speedbench.results.table import LEGEND, gate_lines, render
 
 # httpcore is imported here, at collection, on purpose: pytester drops the modules first imported
 # during a test, and httpx caches httpcore's exception classes on first use, so a lazily imported
@@ -273,5 +273,6 @@ def test_render_falls_back_to_reasons_and_omits_ungated_cases():
     ungated = entry("case-none", {"verdict": "skip", "reasons": [], "checks": []})
     lines = render([ungated, errored])
     assert lines[0].startswith("case ") and lines[2].startswith("case-none ") and lines[3].startswith("case-err ")
-    assert lines[4:] == ["gates:", "  case-err: fail", "    FAIL: EngineError: server died"]
+    assert lines[4:4 + len(LEGEND)] == list(LEGEND)  # the legend sits between the rows and the gates
+    assert lines[4 + len(LEGEND):] == ["gates:", "  case-err: fail", "    FAIL: EngineError: server died"]
     assert "gates:" not in render([ungated, entry("case-old", None)])

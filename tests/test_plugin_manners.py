@@ -13,7 +13,8 @@ def test_other_projects_session_is_untouched(pytester: pytest.Pytester):
     result = pytester.runpytest("-p", "no:cacheprovider", "-v")
     result.assert_outcomes(passed=2)
     ours = [line for line in result.outlines + result.errlines
-            if "speedbench" in line and not line.startswith("plugins:")]  # pytest's own plugin list names it
+            if "speedbench" in line and not line.startswith(("plugins:", "platform "))]
+    # pytest's own header names the plugin list and, in -v, the interpreter (a venv under ~/.cache/speedbench)
     assert ours == []
     # no .speedbench, no results, no logs (pytest-benchmark, a dependency, makes its own .benchmarks)
     assert sorted(p.name for p in pytester.path.iterdir() if p.name != ".benchmarks") == before

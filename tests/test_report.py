@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
@@ -36,8 +37,30 @@ def figures(frame):
     yield figs
 
 
+BREAKDOWNS = RESULTS.parent / "breakdowns" / "hf-none-ngram.json"  # real hf run (none, ngram) with the acceptance breakdowns
+#: figures of analyses newer than the fixtures above (they hold no data for them)
+BREAKDOWN_FIGURES = ("goodput_vs_rate", "al_by_position", "al_by_position_by_category", "al_thinking_answer",
+                     "accepted_share_by_rarity")
+
+
 def test_all_figures_built(figures):
-    assert list(figures) == list(report.FIGURES)
+    # results saved before the breakdowns existed plot everything else, without complaint
+    assert list(figures) == [f for f in report.FIGURES if f not in BREAKDOWN_FIGURES]
+
+
+def test_breakdown_figures_plot_the_saved_values():
+    frame = runs_dataframe(load_runs([BREAKDOWNS]))
+    figs = report.make_figures(frame)
+    assert {"al_by_position", "accepted_share_by_rarity"} <= set(figs)
+    assert "al_thinking_answer" not in figs  # no output had the marker: nothing to plot, never a zero bar
+    sd = benches(BREAKDOWNS)["hf-ngram-qualitative-bs1-t0"]
+    (ax,) = figs["accepted_share_by_rarity"].axes
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == list(sd["accepted_share_by_rarity"])
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == pytest.approx(list(sd["accepted_share_by_rarity"].values()))
+    (ax,) = figs["al_by_position"].axes
+    assert [p.get_height() for p in ax.patches] == pytest.approx(list(sd["al_by_position"].values()))
 
 
 def test_pareto_series_follow_batch_sizes(figures):
@@ -129,22 +152,23 @@ def test_report_command_writes_pngs_and_pages(tmp_path, capsys):
     assert main(["report", str(BASE), str(REGRESSED), "--out", str(out)]) == 0
     printed = capsys.readouterr().out.split()
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([f"{n}.png" for n in report.FIGURES] + ["report.md", "report.html"])
+    drawn = [n for n in report.FIGURES if n not in BREAKDOWN_FIGURES]
+    assert names == sorted([f"{n}.png" for n in drawn] + ["report.md", "report.html"])
     assert sorted(Path(p).name for p in printed) == names
     import matplotlib.image as mpimg
 
-    for name in report.FIGURES:
+    for name in drawn:
         png = out / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         pixels = mpimg.imread(png)
         assert pixels.shape[0] > 300 and pixels.shape[1] > 500
         assert pixels[..., :3].std() > 0.05  # something was drawn, not a blank canvas
     md = (out / "report.md").read_text()
-    assert all(f"![{n}]({n}.png)" in md for n in report.FIGURES)
+    assert all(f"![{n}]({n}.png)" in md for n in drawn)
     assert "| 0003_regressed | sglang-eagle3-qualitative-bs1-t0 | 2.30 [2.23, 2.38] |" in md
     html = (out / "report.html").read_text()
     embedded = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(embedded) == len(report.FIGURES)
+    assert len(embedded) == len(drawn)
     assert base64.b64decode(embedded[0]) == (out / "pareto.png").read_bytes()
     # with two runs every series carries its run label
     pareto_labels = report.plot_pareto(runs_dataframe(load_runs([BASE, REGRESSED]))).axes[0].get_legend_handles_labels()[1]
@@ -180,3 +204,15 @@ def test_export_round_trips_through_pandas(tmp_path, capsys, fmt):
 def test_export_needs_a_target(capsys):
     assert main(["export", str(BASE)]) == 2
     assert "--csv FILE and/or --parquet FILE" in capsys.readouterr().err
+
+
+def test_position_by_category_plot_has_a_panel_per_sd_series_and_a_bar_per_bin():
+    rows = [{"engine": "vllm", "drafter": d, "split": "qualitative", "bucket": None, "batch_size": 1,
+             "temperature": 0.0, "run": "r", "al_by_position_by_category.coding/0-63": 2.0 + i,
+             "al_by_position_by_category.coding/64-255": 1.5 + i, "al_by_position_by_category.math/0-63": 1.2 + i}
+            for i, d in enumerate(["ngram", "draft", "none"])]
+    fig = report.plot_al_by_position_by_category(pd.DataFrame(rows))
+    assert len(fig.axes) == 2  # ngram and draft; the AR case has no acceptance to break down
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    # bins in order, categories along x: 0-63 (coding, math), then 64-255 (coding, math: none)
+    assert heights[:3] == [2.0, 1.2, 1.5] and np.isnan(heights[3])

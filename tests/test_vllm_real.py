@@ -131,6 +131,12 @@ def test_figures_match_vllms_own(server: Any, items: list[WorkItem], batch_size:
         assert first.counters["engine_mean_acceptance_length"] == pytest.approx(spec["mean_acceptance_length"])
     cats = [v for v in m["acceptance_length_by_category"].values() if v is not None]
     assert min(cats) - 1e-12 <= m["acceptance_length"] <= max(cats) + 1e-12
+    # the acceptance breakdowns split the same decode steps: pooled, each gives back the pooled AL
+    position = m["al_by_position_detail"]
+    if position["requests_unframed"] == 0:
+        assert position["pooled_al"] == m["acceptance_length_pooled"]
+        assert sum(c["steps"] for c in position["all"].values()) == m["num_decode_steps"]
+    assert position["requests_framed"] + position["requests_unframed"] == len(measured)
     # greedy output is the target's, whatever the drafter and batch size
     outputs = {r.prompt_id: r.output_ids for r in measured}
     OUTPUTS[(drafter, batch_size)] = outputs

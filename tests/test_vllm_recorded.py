@@ -177,3 +177,27 @@ def test_the_servers_step_count_changes_nothing_where_the_chunks_are_exact():
     run.engine_counters["decode_steps"] += 40
     busy = M.compute_run_metrics(run, draft_length=3)
     assert busy["decode_steps_server_residual"] == 40 and busy["num_decode_steps"] == truth["num_decode_steps"]
+
+
+@pytest.mark.parametrize("name", ["vllm-ngram-f32.json", "vllm-draft-L24-f32.json", "vllm-ngram-bf16-coalesced.json"])
+def test_breakdowns_of_recorded_streams_pool_back_to_the_headline(name):
+    """Position bins, thinking/answer parts and rarity buckets of real vLLM streams split the
+    headline's reconciled decode steps: pooled over their framed requests they give back the
+    pooled AL of those requests exactly (all of them when every request is framed)."""
+    from pytest_speedbench.metrics import breakdowns as B
+
+    run, _ = records(name)
+    ranks = {i: i + 1 for i in range(0, 50000, 3)}
+    m = M.compute_run_metrics(run, draft_length=3, analysis=B.BreakdownInputs(
+        marker="x", boundary=lambda ids: len(ids) // 2, ranks=ranks))
+    view = M.build_step_view([r for r in run.measured if r.ok], run.engine_counters, 3)
+    framed, unframed = M.framed_requests(view)
+    detail = m["al_by_position_detail"]
+    assert (detail["requests_framed"], detail["requests_unframed"]) == (len(framed), unframed)
+    assert framed, "every recorded vLLM stream here has framed requests"
+    want = sum(sum(f.lengths) for f in framed) / sum(len(f.lengths) for f in framed)
+    assert detail["pooled_al"] == want
+    assert m["al_thinking_answer_detail"]["pooled_al"] == want
+    assert m["accepted_share_by_rarity_detail"]["pooled_al"] == want
+    if unframed == 0:
+        assert want == m["acceptance_length_pooled"]

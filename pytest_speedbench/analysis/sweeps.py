@@ -349,7 +349,7 @@ def predict_configs(all_entries: Sequence[Entry]) -> list[PredictConfig]:
         obs, skipped = [], []
         for e in members:
             if e.unstable:  # its speedup is not trusted: never a fit or check point
-                skipped.append(f"{e.case} ({e.unstable})")
+                skipped.append(f"{e.id} ({e.unstable})")
                 continue
             o = observation(e)
             (obs.append(o) if o is not None else skipped.append(e.id))

@@ -20,6 +20,7 @@ import importlib.util
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,6 +121,19 @@ def pad_or_truncate(text: str, target: int, enc: tiktoken.Encoding | None = None
         text = text + padding * repeats
         ids = enc.encode_ordinary(text)
     return _exact_cut(ids, target, enc)
+
+
+def bucket_texts(texts: Sequence[str], target: int, pool: Executor | None = None) -> list[str]:
+    """Every text cut or padded to exactly `target` o200k_base tokens, on the pool's threads.
+
+    Threads scale here: tiktoken releases the GIL while it encodes and decodes, which is most of
+    the work (one encode per already-exact text; an encode, a prefix decode and a tail
+    re-encode per text that is cut).
+    """
+    enc = o200k()
+    if pool is None:
+        return [pad_or_truncate(t, target, enc) for t in texts]
+    return list(pool.map(lambda t: pad_or_truncate(t, target, enc), texts))
 
 
 def _exact_cut(ids: list[int], target: int, enc: tiktoken.Encoding) -> str:

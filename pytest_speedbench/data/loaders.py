@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from pytest_speedbench.errors import UsageError, bad_value
 from pytest_speedbench.data.bucketing import o200k, pad_or_truncate
 from pytest_speedbench.data.placeholders import refuse_placeholders
 from pytest_speedbench.data.sources import mtbench_question_file
-from pytest_speedbench.data.schema import CONFIGS, Prompt, bucket_tokens, check_config, row_to_prompt
+from pytest_speedbench.data.schema import CONFIGS, Prompt, _text, bucket_tokens, check_config, row_to_prompt
 
 Row = dict[str, Any]
 
@@ -178,13 +179,21 @@ def nemo_rows(rows: Sequence[Row], config: str) -> list[Row]:
     return out
 
 
-def _read_prepared(root: Path, config: str) -> list[Row]:
+def _prepared_files(root: Path, config: str) -> list[Path]:
+    """The files a prepared directory holds for `config` (NeMo-Skills' `<config>.jsonl` last)."""
     sub = root / config
     files: list[Path] = []
     if sub.is_dir():
         files = sorted(sub.glob("*.parquet")) or sorted(sub.glob("*.jsonl"))
     if not files and (root / f"{config}.jsonl").is_file():
-        return nemo_rows(read_jsonl(root / f"{config}.jsonl"), config)
+        files = [root / f"{config}.jsonl"]
+    return files
+
+
+def _read_prepared(root: Path, config: str) -> list[Row]:
+    files = _prepared_files(root, config)
+    if files == [root / f"{config}.jsonl"]:
+        return nemo_rows(read_jsonl(files[0]), config)
     if not files:
         have = prepared_configs(root)
         raise UsageError(
@@ -262,6 +271,198 @@ def read_rows(dataset: str, config: str) -> list[Row]:
         return read_file(path)
     raise UsageError(f"dataset {dataset!r} is not a file or directory; valid forms: "
                      + ", ".join(DATASET_KINDS))
+
+
+def source_files(dataset: str, config: str) -> list[Path] | None:
+    """The files `read_rows(dataset, config)` reads, or None when rows do not come from files
+    the suite can see (the hub). The bundled set's are the package's own data and code."""
+    if dataset == "bundled":
+        from pytest_speedbench.data import throughput_mini
+
+        return sorted(p for p in _bundled_dir().iterdir() if p.is_file()) + [Path(throughput_mini.__file__)]
+    if dataset.startswith("hf:") or dataset == "hf":
+        return None
+    if dataset == "mtbench" or dataset.startswith(("mtbench:", "specbench:")):
+        rest = dataset.partition(":")[2]
+        return [Path(rest) if rest else mtbench_question_file()]
+    path = Path(dataset)
+    return _prepared_files(path, config) if path.is_dir() else [path]
+
+
+def dataset_identity(dataset: str, config: str) -> str | None:
+    """What a cache of prepared prompts must match to stand for this dataset's config: the spec
+    and every file read, with its size and modification time (a rewritten file is a new
+    dataset); None when there is no such identity (the hub: its revision is unknown offline)."""
+    files = source_files(dataset, config)
+    if not files:
+        return None
+    try:
+        stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    except OSError:
+        return None
+    return json.dumps([dataset, config, stats])
+
+
+def _parquet_files(dataset: str, config: str) -> list[Path] | None:
+    """The config's parquet files when it is stored only as parquet with the schema's columns;
+    None otherwise (then rows are read whole)."""
+    files = source_files(dataset, config)
+    if not files or dataset == "bundled" or any(f.suffix.lower() != ".parquet" or not f.is_file() for f in files):
+        return None
+    import pyarrow.parquet as pq
+
+    for f in files:
+        names = pq.read_schema(f).names
+        if "question_id" not in names or "turns" not in names:
+            return None
+    return files
+
+
+@dataclass
+class Sampled:
+    """The chosen rows of a config: the measured ones (dataset order), then the warmup ones.
+
+    `chunks(size)` turns them into Prompts `size` at a time; parquet is streamed in record
+    batches, so a 32k config's texts never all exist at once, neither as Arrow buffers nor as
+    Python strings.
+    """
+
+    dataset: str
+    config: str
+    n_measured: int
+    total: int
+    _files: list[Path] | None = None
+    _measured: frozenset[int] = frozenset()
+    _picked: tuple[int, ...] = ()
+    _rows: list[Row] | None = None
+    _considered: tuple[int, ...] = ()
+
+    def chunks(self, size: int) -> Iterator[list[Prompt]]:
+        where = f"{self.dataset} {self.config}"
+        if self._rows is not None:
+            for start in range(0, len(self._rows), size):
+                yield [row_to_prompt(r, where=where) for r in self._rows[start:start + size]]
+            return
+        import pyarrow.parquet as pq
+
+        from pytest_speedbench.data.placeholders import is_placeholder
+        from pytest_speedbench.data.schema import COLUMNS
+
+        warm = {i: pos for pos, i in enumerate(self._picked)}
+        stash: dict[int, Prompt] = {}
+        buf: list[Prompt] = []
+        base = 0
+        for f in self._files or ():
+            pf = pq.ParquetFile(f, pre_buffer=False)
+            columns = [c for c in (*COLUMNS, "prompt") if c in pf.schema_arrow.names]
+            for batch in pf.iter_batches(batch_size=size, columns=columns, use_threads=False):
+                take = [j for j in range(batch.num_rows) if base + j in self._measured or base + j in warm]
+                rows = batch.take(take).to_pylist() if take else []
+                if any(is_placeholder(r) for r in rows):
+                    refuse_placeholders(self._all_rows(), self.dataset, self.config)
+                for j, row in zip(take, rows):
+                    prompt = row_to_prompt(row, where=where)
+                    if base + j in self._measured:
+                        buf.append(prompt)
+                    else:
+                        stash[warm[base + j]] = prompt
+                base += batch.num_rows
+                while len(buf) >= size:
+                    yield buf[:size]
+                    buf = buf[size:]
+        buf += [stash[pos] for pos in sorted(stash)]
+        for start in range(0, len(buf), size):
+            yield buf[start:start + size]
+
+    def _all_rows(self) -> list[Row]:
+        """Every row of the wanted categories at once: only for the error that counts placeholders."""
+        rows = [r for f in self._files or () for r in read_parquet(f)]
+        return [rows[i] for i in self._considered]
+
+
+def category_counts(dataset: str, config: str) -> dict[str, int] | None:
+    """Rows per category of a config, when that is cheap to know (parquet: one column; the
+    bundled set; a jsonl file under 50 MB); None otherwise (the hub, big jsonl), or when the
+    config cannot be read (the case itself will say why)."""
+    from collections import Counter
+
+    try:
+        files = _parquet_files(dataset, config)
+        if files is not None:
+            import pyarrow.parquet as pq
+
+            out: Counter[str] = Counter()
+            for f in files:
+                if "category" not in pq.read_schema(f).names:
+                    return None
+                out.update(_text(v) for v in pq.read_table(f, columns=["category"]).column("category").to_pylist())
+            return dict(out)
+        found = source_files(dataset, config)
+        if found is None or sum(f.stat().st_size for f in found if f.is_file()) > 50_000_000:
+            return None
+        return dict(Counter(_text(r.get("category")) for r in read_rows(dataset, config)))
+    except (UsageError, OSError, ValueError):
+        return None
+
+
+def sample_prompts(dataset: str, config: str, *, categories: Sequence[str] = (),
+                   num_prompts: int | None = None, extra: int = 0, seed: int = 0) -> Sampled:
+    """The measured prompts of one config, then up to `extra` prompts outside them, unbucketed.
+
+    The same choice as `load_prompts` (select_stratified: nested, so the extra prompts are the
+    next ones of each category's ranking, taken round-robin over categories in dataset order),
+    but rows are sampled before they become Python objects: a parquet config is ranked on its
+    question_id and category columns alone, and only the chosen rows are converted.
+    """
+    files = _parquet_files(dataset, config)
+    rows: list[Row] = [] if files is not None else read_rows(dataset, config)
+    if files is not None:
+        import pyarrow.parquet as pq
+
+        qids, cats = [], []
+        for f in files:
+            has_cat = "category" in pq.read_schema(f).names
+            table = pq.read_table(f, columns=["question_id", "category"] if has_cat else ["question_id"])
+            qids += [_text(v) for v in table.column("question_id").to_pylist()]
+            cats += [_text(v) for v in table.column("category").to_pylist()] if has_cat else [""] * table.num_rows
+    else:
+        qids = [_text(r.get("question_id")) for r in rows]
+        cats = [_text(r.get("category")) for r in rows]
+    if not qids:
+        raise UsageError(f"{dataset} config {config} has no rows")
+    wanted = [c for c in categories if c]
+    valid = sorted(set(cats))
+    for c in wanted:
+        if c not in valid:
+            raise bad_value(f"category for {dataset} {config}", c, valid)
+    if num_prompts is not None and num_prompts <= 0:
+        raise UsageError(f"--num-prompts must be positive, got {num_prompts}")
+    by_cat: dict[str, list[int]] = {}
+    for i, c in enumerate(cats):
+        if not wanted or c in wanted:
+            by_cat.setdefault(c, []).append(i)
+    measured: set[int] = set()
+    outside: set[int] = set()
+    for idx in by_cat.values():
+        idx.sort(key=lambda i: _rank(seed, qids[i]))
+        n = len(idx) if num_prompts is None else num_prompts
+        measured.update(idx[:n])
+        outside.update(idx[n:n + extra])
+    queues: dict[str, list[int]] = {}
+    for i in sorted(outside):
+        queues.setdefault(cats[i], []).append(i)
+    picked: list[int] = []
+    while len(picked) < extra and any(queues.values()):
+        for queue in queues.values():
+            if queue and len(picked) < extra:
+                picked.append(queue.pop(0))
+    total = len(measured) + len(picked)
+    considered = tuple(sorted(i for idx in by_cat.values() for i in idx))
+    if files is not None:  # placeholders are looked for in the chosen rows as they stream
+        return Sampled(dataset, config, len(measured), total, files, frozenset(measured), tuple(picked),
+                       _considered=considered)
+    refuse_placeholders([rows[i] for i in considered], dataset, config)
+    return Sampled(dataset, config, len(measured), total, _rows=[rows[i] for i in sorted(measured) + picked])
 
 
 # -- selection ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ category, sub_category, turns, source, src_id, difficulty, multiturn.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,12 +58,17 @@ class Prompt:
 @dataclass(frozen=True, slots=True)
 class WorkItem:
     """One conversation as the client sends it: its first turn pre-tokenized (by data/workload.py),
-    later turns encoded at run time."""
+    later turns encoded at run time.
+
+    `first_ids` is usually an int32 array (a view into the workload's ids, 4 bytes a token); it
+    becomes a list of ints only as its request is built (`measure.client.request_ids`). A
+    single-turn prompt's text is "" once tokenized: only later turns need text.
+    """
 
     prompt_id: str
     category: str
     turns: tuple[str, ...]
-    first_ids: tuple[int, ...]
+    first_ids: Sequence[int]
 
 
 def check_config(config: str) -> str:

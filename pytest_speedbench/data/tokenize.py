@@ -8,8 +8,8 @@ happens when a templated string is encoded with default settings). In raw mode
 (`chat_template=False`) the turn text is encoded with the tokenizer's own special tokens, the
 way a base model is prompted.
 
-Encoded first turns are cached on disk, keyed by the prompts' text, a fingerprint of the
-tokenizer (its full serialized definition where available) and the template, so a repeated
+`PromptEncoder.fingerprint` (the tokenizer's full serialized definition where available, and
+the template) is part of the key of the prepared-prompt cache (data/prepared.py), so a repeated
 run does no tokenization work at all.
 """
 
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,11 +51,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 class PromptEncoder:
     """Turns prompts and conversations into the target model's token ids."""
 
-    def __init__(self, tokenizer: Any, *, chat_template: bool = True,
-                 cache_dir: Path | str | None = None) -> None:
+    def __init__(self, tokenizer: Any, *, chat_template: bool = True) -> None:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         if chat_template and not getattr(tokenizer, "chat_template", None):
             name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
             raise UsageError(
@@ -101,49 +97,15 @@ class PromptEncoder:
         return self.encode_conversation([{"role": "user", "content": prompt.turns[0]}])
 
     def encode_first_turns(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """First-turn ids of every prompt, from the disk cache when this exact work was done."""
-        key = _sha256(self.fingerprint, *(p.turns[0] for p in prompts))
-        cached = self._cache_load(key, len(prompts))
-        if cached is not None:
-            return cached
+        """First-turn ids of every prompt."""
         texts = [self.render([{"role": "user", "content": p.turns[0]}]) for p in prompts]
-        ids = self._encode_texts(texts)
-        self._cache_store(key, ids)
-        return ids
+        return self._encode_texts(texts)
+
+    def first_turn_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """First-turn ids of prompt texts as int32 arrays: the compact form a workload keeps
+        (4 bytes a token, where a tuple of Python ints costs ~40)."""
+        rendered = [self.render([{"role": "user", "content": t}]) for t in texts]
+        return [np.asarray(ids, dtype=np.int32) for ids in self._encode_texts(rendered)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    # -- cache ---------------------------------------------------------------------------------
-
-    def _cache_path(self, key: str) -> Path | None:
-        return self.cache_dir / f"pretok-{key[:40]}.npz" if self.cache_dir is not None else None
-
-    def _cache_load(self, key: str, count: int) -> list[list[int]] | None:
-        path = self._cache_path(key)
-        if path is None or not path.is_file():
-            return None
-        try:
-            with np.load(path) as data:
-                if str(data["key"]) != key:
-                    return None
-                flat, offsets = data["ids"], data["offsets"]
-        except (OSError, ValueError, KeyError):
-            return None  # a damaged cache file is just a miss
-        if len(offsets) != count + 1:
-            return None
-        flat_list = flat.tolist()
-        return [flat_list[offsets[i]:offsets[i + 1]] for i in range(count)]
-
-    def _cache_store(self, key: str, ids: list[list[int]]) -> None:
-        path = self._cache_path(key)
-        if path is None:
-            return
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(x) for x in ids], out=offsets[1:])
-        # Per-list conversion runs in C; a generator over 50M ids would cost ~1 us each.
-        flat = np.concatenate([np.asarray(x, dtype=np.int32) for x in ids]) if ids else np.zeros(0, np.int32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, key=np.array(key), ids=flat, offsets=offsets)
-        tmp.replace(path)  # atomic: readers never see a half-written file

@@ -1,28 +1,40 @@
-"""Prompts for a case: load the dataset config, pre-tokenize with the target tokenizer.
+"""Prompts for a case: the dataset config prepared (sampled, bucketed, pre-tokenized) once.
 
-Loading and tokenizing are cached per session (one tokenizer, one encode per config), so the
-time spent here never lands inside a measured window.
+Preparation is kept per session (one tokenizer, one pass per config) and on disk across
+sessions (data/prompt_cache.py), so the time spent here never lands inside a measured window
+and a repeated run does none of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pytest_speedbench.data.prepared import PreparedPrompts
+from pytest_speedbench.data.prompt_cache import PromptCache
 from pytest_speedbench.data.schema import WorkItem
 from pytest_speedbench.settings.options import Settings
 
 
 @dataclass
 class WorkloadCache:
-    """Per-session cache of tokenizer and encoded prompts, keyed by dataset config."""
+    """Per-session prompts by dataset config, prepared once (data/prepared.py) and released
+    when the session says a config's last case is done.
+
+    `cache` is the on-disk cache of prepared prompts (None: prepare every session); `say`
+    receives the preparation's progress lines.
+    """
 
     settings: Settings
-    cache_dir: Path | None = None
+    cache: PromptCache | None = None
+    say: Callable[[str], None] | None = None
     _encoder: Any = None
+    _prepared: dict[str, PreparedPrompts] = field(default_factory=dict)
     _items: dict[str, list[WorkItem]] = field(default_factory=dict)
-    _warmup: dict[tuple[str, int], tuple[list[WorkItem], str]] = field(default_factory=dict)
 
     @property
     def encoder(self) -> Any:
@@ -30,18 +42,43 @@ class WorkloadCache:
             from pytest_speedbench.data.tokenize import PromptEncoder
 
             tokenizer = _load_tokenizer(self.settings.tokenizer or self.settings.model)
-            self._encoder = PromptEncoder(
-                tokenizer, chat_template=self.settings.chat_template, cache_dir=self.cache_dir
-            )
+            self._encoder = PromptEncoder(tokenizer, chat_template=self.settings.chat_template)
         return self._encoder
 
+    def _warmup_outside(self) -> int:
+        s = self.settings
+        return s.warmup if s.warmup_prompts == "outside" and s.warmup > 0 else 0
+
+    def prepared(self, dataset_config: str) -> PreparedPrompts:
+        """The config's measured prompts and the warmup prompts outside them, prepared in one pass."""
+        if dataset_config not in self._prepared:
+            from pytest_speedbench.data.prepared import Selection, prepare
+
+            s = self.settings
+            # --category names qualitative categories; throughput configs group by entropy level.
+            categories = tuple(s.category) if dataset_config == "qualitative" else ()
+            selection = Selection(s.num_prompts, categories, s.seed, self._warmup_outside())
+            self._prepared[dataset_config] = prepare(s.dataset, dataset_config, selection, self.encoder,
+                                                     cache=self.cache, say=self.say)
+        return self._prepared[dataset_config]
+
     def items(self, dataset_config: str) -> list[WorkItem]:
-        if dataset_config.startswith("random_") and dataset_config not in self._items:
-            self._items[dataset_config] = self._random_items(dataset_config.removeprefix("random_"))
         if dataset_config not in self._items:
-            prompts = self._load(dataset_config, self.settings.num_prompts)
-            self._items[dataset_config] = self._encode(prompts)
+            if dataset_config.startswith("random_"):
+                self._items[dataset_config] = self._random_items(dataset_config.removeprefix("random_"))
+            else:
+                p = self.prepared(dataset_config)
+                self._items[dataset_config] = _work_items(p, range(p.n_measured))
         return self._items[dataset_config]
+
+    def configs(self) -> set[str]:
+        """The configs whose prompts are held now."""
+        return set(self._prepared) | set(self._items)
+
+    def release(self, dataset_config: str) -> None:
+        """Forget a config whose last case is done (its ids, and the mapping of its cache file)."""
+        self._items.pop(dataset_config, None)
+        self._prepared.pop(dataset_config, None)
 
     def _random_items(self, bucket: str) -> list[WorkItem]:
         """The random-token control for `bucket`: the real bucket's count and target-token lengths."""
@@ -52,58 +89,37 @@ class WorkloadCache:
         lengths = [len(item.first_ids) for item in real]
         prompts = random_token_prompts(vocabulary(self.encoder.tokenizer), lengths,
                                        bucket_tokens=bucket_tokens(bucket), seed=self.settings.seed)
-        return [WorkItem(pid, CATEGORY, (f"<{len(ids)} random tokens>",), ids) for pid, ids in prompts]
+        return [WorkItem(pid, CATEGORY, (f"<{len(ids)} random tokens>",), np.asarray(ids, dtype=np.int32))
+                for pid, ids in prompts]
 
     def warmup_items(self, dataset_config: str, count: int) -> tuple[list[WorkItem], str]:
         """`count` warmup prompts and where they came from ("outside" or "measured").
 
         Why outside: a warmup request on a measured prompt teaches a cross-request drafter
         (SGLang NGRAM) that prompt's answer, and the measured request then replays it. The
-        selection is nested (select_stratified), so asking for `num_prompts + count` per
-        category returns the measured prompts plus others of the same categories; those others
-        are the warmup, round-robin over categories. Falls back to measured prompts (and says
-        so) when the dataset has no others, or when --warmup-prompts=measured.
+        selection is nested (select_stratified), so the next prompts of each category's ranking
+        are the warmup, round-robin over categories; they were prepared in the same pass as the
+        measured ones. Falls back to measured prompts (and says so) when the dataset has no
+        others, or when --warmup-prompts=measured.
         """
         if dataset_config.startswith("random_"):
             # the random-token control warms up like its real bucket: prompts that neither measures
             return self.warmup_items("throughput_" + dataset_config.removeprefix("random_"), count)
-        key = (dataset_config, count)
-        if key not in self._warmup:
-            measured = self.items(dataset_config)
-            chosen: list[WorkItem] = []
-            if count > 0 and self.settings.warmup_prompts == "outside":
-                ids = {i.prompt_id for i in measured}
-                extra = [p for p in self._load(dataset_config, self.settings.num_prompts + count)
-                         if p.question_id not in ids]
-                by_cat: dict[str, list[Any]] = {}
-                for prompt in extra:
-                    by_cat.setdefault(prompt.category, []).append(prompt)
-                queues = list(by_cat.values())
-                picked = []
-                while len(picked) < count and any(queues):
-                    for queue in queues:
-                        if queue and len(picked) < count:
-                            picked.append(queue.pop(0))
-                chosen = self._encode(picked)
-            if chosen or count <= 0:
-                self._warmup[key] = (chosen, "outside")
-            else:
-                self._warmup[key] = (measured, "measured")
-        return self._warmup[key]
+        measured = self.items(dataset_config)
+        if count <= 0:
+            return [], "outside"
+        if self.settings.warmup_prompts == "outside":
+            p = self.prepared(dataset_config)
+            chosen = _work_items(p, range(p.n_measured, min(len(p.prompt_ids), p.n_measured + count)))
+            if chosen:
+                return chosen, "outside"
+        return measured, "measured"
 
-    def _load(self, dataset_config: str, num_prompts: int) -> list[Any]:
-        from pytest_speedbench.data import load_prompts
 
-        s = self.settings
-        # --category names qualitative categories; throughput configs group by entropy level.
-        categories = s.category if dataset_config == "qualitative" else ()
-        return load_prompts(s.dataset, dataset_config, categories=categories, num_prompts=num_prompts, seed=s.seed)
-
-    def _encode(self, prompts: list[Any]) -> list[WorkItem]:
-        if not prompts:
-            return []
-        first_ids = self.encoder.encode_first_turns(prompts)
-        return [WorkItem(p.question_id, p.category, tuple(p.turns), tuple(ids)) for p, ids in zip(prompts, first_ids)]
+def _work_items(p: PreparedPrompts, indices: range) -> list[WorkItem]:
+    """WorkItems over the prepared ids (views, no copies). A single-turn prompt's text is gone
+    once tokenized: its turns are ("",), the first turn being sent as ids."""
+    return [WorkItem(p.prompt_ids[i], p.categories[i], p.turns.get(i, ("",)), p.first_ids(i)) for i in indices]
 
 
 def _load_tokenizer(spec: str | None) -> Any:

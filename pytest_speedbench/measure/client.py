@@ -45,6 +45,12 @@ class ConversationEncoder(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def request_ids(ids: Sequence[int]) -> Sequence[int]:
+    """Ids as engines serialize them: Python ints (an int32 array's items are numpy scalars)."""
+    tolist = getattr(ids, "tolist", None)
+    return tolist() if tolist is not None else ids
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     batch_size: int
@@ -58,6 +64,11 @@ class LoadSpec:
     transport: str | None = None
     #: client worker processes: None = by load, 1 = never shard (env SPEEDBENCH_CLIENT_SHARDS)
     shards: int | None = None
+    #: open loop: requests per second (inf: all at once), batch_size capping those in flight;
+    #: None = closed loop (exactly batch_size in flight)
+    request_rate: float | None = None
+    #: gamma shape of the arrival gaps (1 = Poisson); see measure/arrivals.py
+    burstiness: float = 1.0
 
     def resolved_transport(self) -> str:
         return resolve_kind(self.transport or os.environ.get("SPEEDBENCH_TRANSPORT") or "auto")
@@ -72,6 +83,18 @@ class LoadSpec:
             return int(raw)
         except ValueError:
             raise SpeedbenchError(f"SPEEDBENCH_CLIENT_SHARDS={raw!r}: expected a positive integer or 'auto'") from None
+
+
+def load_info(spec: LoadSpec) -> dict[str, Any]:
+    """How the load was driven, for the results: closed loop at batch size, or open loop at a
+    request rate (arrival process, seed, the cap on requests in flight)."""
+    if spec.request_rate is None:
+        return {"mode": "closed", "concurrency": spec.batch_size}
+    rate = spec.request_rate
+    return {"mode": "open", "request_rate": "inf" if rate == float("inf") else rate,
+            "arrivals": "all at once" if rate == float("inf") else
+            "poisson" if spec.burstiness == 1.0 else f"gamma(shape={spec.burstiness:g})",
+            "burstiness": spec.burstiness, "seed": spec.seed, "max_concurrency": spec.batch_size}
 
 
 def sampling_for(spec: LoadSpec, index: int) -> SamplingParams:
@@ -115,7 +138,9 @@ async def _drive(
     counter: Iterator[int],
     progress: Progress | None = None,
 ) -> list[RequestRecord]:
-    """Run conversations with exactly batch_size in flight; returns records in finish order."""
+    """Run conversations with exactly batch_size in flight (closed loop), or, for the measured
+    requests of a --request-rate run, started on an arrival schedule with at most batch_size in
+    flight (open loop); returns records in finish order."""
     records: list[RequestRecord] = []
     queue = iter(items)
     done = 0
@@ -124,12 +149,12 @@ async def _drive(
     if progress is not None:
         progress(0, len(items))  # the total is known before the first prompt finishes
 
-    async def conversation(item: WorkItem) -> None:
+    async def conversation(item: WorkItem, due: float | None = None, slot: float | None = None) -> None:
         messages: list[dict[str, str]] = []
         for turn, text in enumerate(item.turns):
             messages.append({"role": "user", "content": text})
             if turn == 0:
-                ids: Sequence[int] = item.first_ids
+                ids: Sequence[int] = request_ids(item.first_ids)
             else:
                 if encoder is None:
                     break
@@ -137,6 +162,8 @@ async def _drive(
             record = RequestRecord(item.prompt_id, item.category, turn, warmup=warmup)
             if track is not None:
                 track(record)
+            if turn == 0:
+                record.t_scheduled, record.t_slot = due, slot
             await send_turn(ids, sampling_for(spec, next(counter)), record)
             records.append(record)
             if record.error is not None:
@@ -152,8 +179,44 @@ async def _drive(
             if progress is not None:
                 progress(done, len(items))
 
-    await asyncio.gather(*(worker() for _ in range(max(1, spec.batch_size))))
+    if spec.request_rate is not None and not warmup:
+        await _open_loop(items, spec, conversation, progress)
+    else:
+        await asyncio.gather(*(worker() for _ in range(max(1, spec.batch_size))))
     return records
+
+
+async def _open_loop(items: Sequence[WorkItem], spec: LoadSpec, conversation: Callable[..., Any],
+                     progress: Progress | None) -> None:
+    """Start conversation i at start + offset_i (measure/arrivals.py), at most batch_size in
+    flight: a dispatcher sleeps until the next request is due and hands it to a task that waits
+    for a free slot. Each record keeps when it was due and, when the cap made it wait, when its
+    slot was free, so the send lag (the client's own delay, event-loop backlog included) is told
+    apart from queueing under the cap."""
+    from pytest_speedbench.measure.arrivals import arrival_offsets
+
+    assert spec.request_rate is not None
+    offsets = arrival_offsets(len(items), spec.request_rate, spec.burstiness, spec.seed)
+    slots = asyncio.Semaphore(max(1, spec.batch_size))
+    done = 0
+
+    async def one(item: WorkItem, due: float) -> None:
+        nonlocal done
+        capped = slots.locked()  # the cap binds: the wait for a slot is queueing, not client delay
+        async with slots:
+            await conversation(item, due, time.perf_counter() if capped else None)
+        done += 1
+        if progress is not None:
+            progress(done, len(items))
+
+    tasks = []
+    start = time.perf_counter()
+    for item, offset in zip(items, offsets):
+        due = start + offset
+        while (wait := due - time.perf_counter()) > 0:  # asyncio may wake a clock tick early
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.ensure_future(one(item, due)))
+    await asyncio.gather(*tasks)
 
 
 async def run_http(
@@ -181,7 +244,7 @@ async def run_http(
     cpu, events, monitor = used.pop("cpu_s"), used.pop("events"), used.pop("monitor_cpu_s")
     info = {"transport": kind, "sharded": False, "shards": 1, **used, "client_cpu_s": cpu, "client_events": events,
             "client_cpu_us_per_event": cpu_per_event(cpu, events), "client_monitor_cpu_s": monitor}
-    return RunRecords(warm + measured, counters_delta(before, after), info)
+    return RunRecords(warm + measured, counters_delta(before, after), {**info, "load": load_info(spec)})
 
 
 def _shard_blocker(engine: HttpEngine, items: Sequence[WorkItem], encoder: ConversationEncoder | None) -> str | None:
@@ -207,7 +270,7 @@ def run_http_sharded(
     warm = asyncio_run(run_http(engine, items, spec, encoder, measure=False, warmup_items=warmup_items)).requests \
         if spec.warmup else []
     offset = spec.warmup
-    requests = [engine.build_request(i.first_ids, sampling_for(spec, offset + n)) for n, i in enumerate(items)]
+    requests = [engine.build_request(request_ids(i.first_ids), sampling_for(spec, offset + n)) for n, i in enumerate(items)]
     labels = [(i.prompt_id, i.category) for i in items]
     counters: dict[str, Any] = {}
 
@@ -318,7 +381,7 @@ def run_inprocess(
         return warm + await _drive(items, spec, encoder, async_send, warmup=False, counter=counter,
                                    progress=progress)
 
-    return RunRecords(asyncio.run(main()), None, {"transport": "in-process", "sharded": False})
+    return RunRecords(asyncio.run(main()), None, {"transport": "in-process", "sharded": False, "load": load_info(spec)})
 
 
 def run_load(
@@ -335,6 +398,8 @@ def run_load(
     if isinstance(engine, HttpEngine):
         plan = sharding.plan_shards(spec.batch_size, spec.resolved_shards())
         blocker = _shard_blocker(engine, items, encoder) if plan.sharded else None
+        if plan.sharded and blocker is None and spec.request_rate is not None:
+            blocker = "open-loop arrivals (--request-rate) are sent from one process"
         if plan.sharded and blocker is None:
             return _finish_client_info(run_http_sharded(engine, items, spec, encoder, plan, warmup_items))
         run = asyncio_run(run_http(engine, items, spec, encoder, progress=progress, warmup_items=warmup_items))

@@ -30,6 +30,10 @@ class RequestRecord:
     counters: Counters | None = None
     error: str | None = None
     warmup: bool = False
+    #: open-loop runs (--request-rate): when the request was due and, if the concurrency cap made
+    #: it wait, when its slot was free (perf_counter); send lag = t_send - max(t_scheduled, t_slot)
+    t_scheduled: float | None = None
+    t_slot: float | None = None
 
     @property
     def ok(self) -> bool:

@@ -30,8 +30,8 @@ VIEWS: tuple[str, ...] = (TABLE, COMPARE, REPORT, JUNIT)
 #: a summary metric is an object {mean, std, p50, p90, p99}; a metric path names one statistic
 SUMMARY_STATS: tuple[str, ...] = ("mean", "std", "p50", "p90", "p99")
 HIGHER, LOWER, NEUTRAL = +1, -1, 0
-#: kinds of rows: a number, an object of SUMMARY_STATS, a label, or a diagnostic (any JSON value)
-SCALAR, SUMMARY, TEXT, DIAGNOSTIC = "scalar", "summary", "text", "diagnostic"
+#: kinds of rows: a number, an object of SUMMARY_STATS, a label, {bin: value}, or a diagnostic (any JSON value)
+SCALAR, SUMMARY, TEXT, BREAKDOWN, DIAGNOSTIC = "scalar", "summary", "text", "breakdown", "diagnostic"
 #: the speedups over the drafter=none twin (rows below, computed in metrics/speedup.py): defined
 #: for SD cases only, and the metrics a drift between the twin's and the case's measurement moves
 SPEEDUP_KEYS: tuple[str, ...] = ("speedup_user_tps", "speedup_output_tps", "speedup_analytical")
@@ -54,8 +54,9 @@ class MetricSpec:
     label: str
     #: `<name>_ci95` holds the run's 95% bootstrap interval [lo, hi]
     has_ci: bool = False
-    #: SCALAR (a number), SUMMARY ({mean, std, p50, p90, p99}), TEXT (a label, never gated) or
-    #: DIAGNOSTIC (any JSON value that explains a figure, never gated)
+    #: SCALAR (a number), SUMMARY ({mean, std, p50, p90, p99}), TEXT (a label, never gated),
+    #: BREAKDOWN ({bin: value}, with `<name>_detail` holding counts; never gated) or DIAGNOSTIC
+    #: (any JSON value that explains a figure, never gated)
     kind: str = SCALAR
     #: `<name>_by_category` holds {category: value}; thresholds with `category` may bound it
     per_category: bool = False
@@ -77,8 +78,10 @@ class MetricSpec:
         return self.direction != NEUTRAL and self.kind in (SCALAR, SUMMARY)
 
     def keys(self) -> list[str]:
-        """The `extra_info` keys this row declares: its name, `<name>_ci95`, `<name>_by_category`."""
-        return [self.name] + [f"{self.name}_ci95"] * self.has_ci + [f"{self.name}_by_category"] * self.per_category
+        """The `extra_info` keys this row declares: its name, `<name>_ci95`, `<name>_by_category`,
+        `<name>_detail` (a breakdown's counts)."""
+        return ([self.name] + [f"{self.name}_ci95"] * self.has_ci + [f"{self.name}_by_category"] * self.per_category
+                + [f"{self.name}_detail"] * (self.kind == BREAKDOWN))
 
     def paths(self, view: str) -> list[str]:
         """The metric paths shown in `view`: [name] for a scalar, [name.stat, ...] for a summary."""
@@ -152,6 +155,11 @@ warnings                             |             | why earlier requests may ha
 repeat_check                         |             | --speedbench-repeat-check: the second pass's AL against the first's interval
 gate                                 |             | {verdict: pass|fail|skip|unstable, reasons, checks}
 error                                |             | why the case could not be measured
+duration_s                           | s           | --speedbench-shard: the case's wall time, for the next plan's cost model
+shard                                |             | --speedbench-shard: the shard (K/N) that measured the case
+goodput_requests                     | requests    | --goodput: measured requests that met every SLO
+goodput_slos_ms                      |             | --goodput: the SLOs applied, in ms by metric
+goodput_rps_rounds                   | requests/s  | --goodput with rounds: goodput per pass
 placement                            |             | GPUs, xdist worker and parallel settings the case ran with
 settings_fingerprint                 |             | what besides the code changes the numbers (model, dataset, lengths, hardware...): a gate refuses to compare differing ones
 """
@@ -198,6 +206,23 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("speedup_analytical", "x", HIGHER, "speedup analytical", has_ci=True,
                shown={TABLE: (), COMPARE: (), REPORT: (), JUNIT: ()}, column="speedup user/out/anl",
                doc="step_latency(AR) x AL(SD) / step_latency(SD) (SPEED-Bench)"),
+    # with --goodput (metrics/goodput.py): requests meeting every latency SLO; the goodput speedup
+    # (SD / AR goodput_rps, metrics/speedup.py) is not in SPEEDUP_KEYS: it has no interval and an
+    # SLO threshold may move it beyond what the AL allows without the case being unstable
+    MetricSpec("speedup_goodput", "x", HIGHER, "speedup goodput", shown={COMPARE: (), JUNIT: ()},
+               doc="goodput_rps(SD) / goodput_rps(AR), with --goodput"),
+    MetricSpec("goodput_rps", "requests/s", HIGHER, "goodput", shown={COMPARE: (), REPORT: (), JUNIT: ()},
+               doc="measured requests meeting every --goodput SLO / the measured window"),
+    MetricSpec("goodput_fraction", "fraction", HIGHER, "goodput share", shown={COMPARE: (), JUNIT: ()},
+               doc="share of the measured successful requests meeting every SLO"),
+    # open loop (--request-rate): the client's delay in sending a due request, and the wait for a
+    # slot under the concurrency cap (measure/client.py); None in closed-loop runs
+    _summary_row("send_lag_s", "s", NEUTRAL, "send lag", shown={JUNIT: ("p50", "p99")},
+                 compute=lambda view: _summary(view.requests, "request_send_lag"),
+                 doc="open loop: actual send time - scheduled send time"),
+    _summary_row("cap_wait_s", "s", NEUTRAL, "cap wait", shown={JUNIT: ("p50", "p99")},
+                 compute=lambda view: _summary(view.requests, "request_cap_wait"),
+                 doc="open loop: time a due request waited for a slot under --batch-size"),
     _summary_row("user_tps", "tokens/s", HIGHER, "user TPS",
                  shown={COMPARE: ("mean",), REPORT: ("mean",), JUNIT: ("mean",)},
                  doc="per request E / (t_{n-1} - t_0)"),
@@ -225,8 +250,26 @@ METRICS: tuple[MetricSpec, ...] = (
                doc="tokens of the measured successful requests"),
     MetricSpec("isl_mean", "tokens", NEUTRAL, "mean ISL", shown={JUNIT: ()},
                doc="mean turn-0 prompt length in target tokens"),
+    # acceptance breakdowns (metrics/breakdowns.py; plotted by the report, docs/breakdowns.md)
+    MetricSpec("al_by_position", "tokens/step", NEUTRAL, "AL by output position", kind=BREAKDOWN,
+               doc="AL per bin of output position (decode steps)"),
+    MetricSpec("al_by_position_by_category", "tokens/step", NEUTRAL, "AL by category and position", kind=BREAKDOWN,
+               doc="AL per category, per bin of output position"),
+    MetricSpec("al_thinking_answer", "tokens/step", NEUTRAL, "AL thinking/answer", kind=BREAKDOWN,
+               doc="AL before and after the --thinking-end marker"),
+    MetricSpec("accepted_share_by_rarity", "fraction", NEUTRAL, "accepted share by rarity", kind=BREAKDOWN,
+               doc="share of draft-accepted tokens per token-rarity bin (rank corpus)"),
     *(_diagnostic(*(cell.strip() for cell in line.split("|", 2))) for line in _DIAGNOSTICS.strip().splitlines()),
 )
+
+
+def _summary(requests: Sequence[Any], formula: str) -> dict[str, Any] | None:
+    """{mean, std, p50, p90, p99} of a per-request formula of metrics/request.py; None when no
+    request has a value (e.g. send lag in a closed-loop run)."""
+    from pytest_speedbench.metrics import request, stats
+
+    values = [v for v in (getattr(request, formula)(r) for r in requests) if v is not None]
+    return stats.summarize(values) if values else None
 
 
 def metrics() -> tuple[MetricSpec, ...]:

@@ -58,3 +58,19 @@ def request_user_tps(r: RequestRecord) -> float | None:
 def request_e2e(r: RequestRecord) -> float | None:
     """E2E = t_{n-1} - t_s."""
     return r.chunk_times[-1] - r.t_send if r.chunk_times else None
+
+
+def request_send_lag(r: RequestRecord) -> float | None:
+    """Open loop: t_send - max(t_scheduled, t_slot), the client's own delay in sending a due
+    request once a slot under the cap was free; None for closed-loop requests."""
+    if r.t_scheduled is None:
+        return None
+    return r.t_send - max(r.t_scheduled, r.t_slot if r.t_slot is not None else r.t_scheduled)
+
+
+def request_cap_wait(r: RequestRecord) -> float | None:
+    """Open loop: how long a due request waited for a slot under the concurrency cap (0 when
+    the cap did not bind); None for closed-loop requests."""
+    if r.t_scheduled is None:
+        return None
+    return max(0.0, r.t_slot - r.t_scheduled) if r.t_slot is not None else 0.0

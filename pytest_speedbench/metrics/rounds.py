@@ -9,7 +9,7 @@ sd[r, p] and ar[r, p] = user TPS of prompt p in round r.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ import numpy as np
 from pytest_speedbench.measure.records import RequestRecord, RunRecords
 from pytest_speedbench.metrics import stats
 from pytest_speedbench.metrics.catalogue import SPEEDUP_KEYS
+from pytest_speedbench.metrics.goodput import goodput
 from pytest_speedbench.metrics.run import output_tps
 from pytest_speedbench.metrics.speedup import compute_speedups
 
@@ -226,16 +227,23 @@ def merge_rounds(runs: Sequence[RunRecords]) -> RunRecords:
     return RunRecords(requests, counters, info)
 
 
-def output_tps_rounds(extra: dict[str, Any], runs: Sequence[RunRecords]) -> None:
+def output_tps_rounds(extra: dict[str, Any], runs: Sequence[RunRecords],
+                      slos: Mapping[str, float] | None = None) -> None:
     """Per-pass output TPS into `extra` (`output_tps_rounds`), and `output_tps` = their mean:
-    a measured window must not span the other side's passes."""
+    a measured window must not span the other side's passes. With `slos`, goodput likewise
+    (`goodput_rps_rounds`, `goodput_rps` = their mean): a window over both sides would halve it."""
     per_round = [output_tps([r for r in run.measured if r.ok]) for run in runs]
     extra["output_tps_rounds"] = per_round
     extra["output_tps"] = float(sum(v for v in per_round if v) / len(per_round)) if all(per_round) else None
+    if slos:
+        good = [goodput([r for r in run.measured if r.ok], slos)["goodput_rps"] for run in runs]
+        extra["goodput_rps_rounds"] = good
+        extra["goodput_rps"] = float(sum(good) / len(good)) if all(g is not None for g in good) else None
 
 
 def interleaved_speedups(sd_runs: Sequence[RunRecords], ar_runs: Sequence[RunRecords], extra: dict[str, Any],
-                         ar_extra: dict[str, Any], *, seed: int = 0) -> tuple[dict[str, Any], list[float]]:
+                         ar_extra: dict[str, Any], *, seed: int = 0, slos: Mapping[str, float] | None = None
+                         ) -> tuple[dict[str, Any], list[float]]:
     """(speedup keys + `stability`, the AR side's mean user TPS per round) of an SD case measured
     in rounds with its twin. `extra` and `ar_extra` are the two sides' run metrics; their
     `output_tps` becomes the mean over passes (`output_tps_rounds`).
@@ -245,7 +253,7 @@ def interleaved_speedups(sd_runs: Sequence[RunRecords], ar_runs: Sequence[RunRec
     output_tps(SD, r) / output_tps(AR, r); the stability verdict from `assess_stability`.
     """
     for side, runs in ((extra, sd_runs), (ar_extra, ar_runs)):
-        output_tps_rounds(side, runs)
+        output_tps_rounds(side, runs, slos)
     speedups = compute_speedups(merge_rounds(sd_runs), merge_rounds(ar_runs), extra, ar_extra, seed=seed)
     sd_tps, ar_tps, keys = paired_user_tps(sd_runs, ar_runs)
     if keys:

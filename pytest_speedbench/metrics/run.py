@@ -15,13 +15,13 @@ acceptance_length_per_draft = 1 + A / S is the engines' own figure (drafted step
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pytest_speedbench.metrics import catalogue, stats, steps
+from pytest_speedbench.metrics import breakdowns, catalogue, goodput, stats, steps
 from pytest_speedbench.metrics.request import (
     request_al,
     request_decode_time,
@@ -235,6 +235,29 @@ def build_step_view(requests: Sequence[RequestRecord], run_counters: Counters | 
                     requests)
 
 
+def framed_requests(view: StepView) -> tuple[list[breakdowns.FramedRequest], int]:
+    """(requests whose every decode step's length is known, number of the others), from the
+    same reconciliation as the headline AL: chunk steps where the chunks won; the burst split of
+    a one-token-per-event stream cut to the counters' step count; otherwise unframed
+    (coalesced events overruled by counters, run-level counters only)."""
+    if view.run_level is not None and view.run_level.source != SOURCE_CHUNKS:
+        return [], len(view.per_request)
+    framed: list[breakdowns.FramedRequest] = []
+    unframed = 0
+    for r, count in view.per_request:
+        lengths: list[int] | None = None
+        if count.source == SOURCE_CHUNKS:
+            lengths = list(r.chunk_tokens[1:])
+        elif all(k == 1 for k in r.chunk_tokens[1:]):
+            split = burst_step_lengths(r, count.decode_steps)
+            lengths = split[0] if split is not None else None
+        if lengths is None or len(lengths) != count.decode_steps or sum(lengths) != request_step_tokens(r):
+            unframed += 1
+            continue
+        framed.append(breakdowns.frame(r, lengths))
+    return framed, unframed
+
+
 def authoritative_step_histogram(
     requests: Sequence[RequestRecord], view: StepView, lengths: Sequence[int]
 ) -> tuple[dict[str, int], list[int] | None, str | None, str]:
@@ -304,13 +327,16 @@ def _rates(view: StepView, hist_lengths: list[int] | None, hist_source: str | No
 
 
 def compute_run_metrics(
-    run: RunRecords, *, draft_length: int | None = None, seed: int = 0, n_boot: int = 1000
+    run: RunRecords, *, draft_length: int | None = None, seed: int = 0, n_boot: int = 1000,
+    analysis: breakdowns.BreakdownInputs | None = None, slos: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """The `extra_info` metrics (docs/metrics.md) (speedups and gate excluded) for one run.
 
     Warmup requests are ignored; requests with an error (or without any token) are excluded
     and counted. `draft_length` fixes gamma for the conditional acceptance rates and bounds the
-    end-of-request truncation; without it gamma is the longest observed draft.
+    end-of-request truncation; without it gamma is the longest observed draft. `analysis`
+    holds the reasoning marker and token ranks of the breakdowns (metrics/breakdowns.py);
+    `slos` (seconds by metric name) adds goodput (metrics/goodput.py).
     """
     measured = run.measured
     ok = [r for r in measured if r.ok]
@@ -372,6 +398,8 @@ def compute_run_metrics(
         "num_empty": sum(1 for r in measured if r.error is None and not r.chunk_tokens),
         "num_warmup": len(run.requests) - len(measured),
         **catalogue.computed(view),  # the rows with their own formula (acceptance_length_per_draft, ...)
+        **breakdowns.compute_breakdowns(*framed_requests(view), analysis),
+        **(goodput.goodput(ok, slos) if slos else {}),
     }
 
 

@@ -53,6 +53,7 @@ def compute_speedups(
     - user TPS: ratio of mean per-request user TPS; CI resamples each run's requests.
     - output TPS: ratio of measured-window throughputs; the window is not resampled, so the
       CI rescales the point estimate by the bootstrap spread of sum(tokens) / sum(E2E).
+    - goodput (with --goodput): SD goodput_rps / AR goodput_rps, no interval.
     - analytical: step_latency(AR) x AL(SD) / step_latency(SD). The AR twin's step latency is
       its TPOT (each AR step yields one token, so this is immune to event coalescing and equals
       the chunk step latency when every step is streamed); the SD step latency is the one
@@ -71,6 +72,8 @@ def compute_speedups(
     out["speedup_output_tps"] = speedup_output
     if speedup_output is not None:
         out["speedup_output_tps_ci95"] = _output_tps_ci(sd_ok, ar_ok, speedup_output, n_boot, seed + 1)
+
+    out["speedup_goodput"] = _ratio(sd_metrics.get("goodput_rps"), ar_metrics.get("goodput_rps"))
 
     ar_step = ar_metrics["tpot_s"]["mean"]
     sd_al, sd_step = sd_metrics["acceptance_length"], sd_metrics["step_latency_effective_mean_s"]

@@ -80,8 +80,9 @@ class ResultsBook:
         return hook.pytest_speedbench_results_document(config=config, entries=entries, section=self.section,
                                                        machine_info=self._machine, commit_info=self._commit)
 
-    def save(self, document: dict[str, Any]) -> list[Path]:
-        if not self.enabled or not self.entries:  # nothing measured (an xdist run of other tests)
+    def save(self, document: dict[str, Any], empty: bool = False) -> list[Path]:
+        """Write the document (`empty`: even without entries, as an empty shard does)."""
+        if not self.enabled or not (self.entries or empty):  # nothing measured (an xdist run of other tests)
             return []
         written = []
         if self._json_path is not None:

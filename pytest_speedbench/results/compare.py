@@ -18,6 +18,7 @@ from typing import Any
 from pytest_speedbench.metrics import catalogue
 from pytest_speedbench.results import coverage, gates, status
 from pytest_speedbench.results.status import Pick
+from pytest_speedbench.results.merge import missing_shards
 from pytest_speedbench.results.export import Run, case_id
 from pytest_speedbench.settings.options import SECTION_KEYS, load_yaml
 
@@ -289,6 +290,8 @@ def run_problems(runs: Sequence[Run], picks: Mapping[int, Pick], *, allow_missin
         state, reason = status.status_of(r.doc)
         if state not in (status.COMPLETE, status.UNKNOWN):
             problems.add(f"{r.label} is {state}" + (f": {reason}" if reason else ""), allow_missing)
+        for line in missing_shards(r.doc):  # a merged run written with `speedbench merge --allow-missing`
+            problems.add(f"{r.label}: {line}", allow_missing)
         for gap in coverage.gaps(base.doc, r.doc.get("benchmarks") or [], left_out=coverage.left_out_of(r.doc)):
             problems.add(f"{r.label}: {gap.message()}", allow_missing or gap.allowed)
     return problems

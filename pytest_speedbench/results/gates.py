@@ -28,7 +28,8 @@ from pytest_speedbench.results import fingerprint
 #: where a measured case keeps its settings fingerprint (results/fingerprint.py)
 FINGERPRINT_KEY = "settings_fingerprint"
 
-PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature", "draft_length")
+PARAM_KEYS: tuple[str, ...] = ("engine", "drafter", "split", "bucket", "batch_size", "temperature", "draft_length",
+                              "request_rate")
 MATCH_KEYS: tuple[str, ...] = (*PARAM_KEYS, "category")
 
 #: float slack so a change of exactly the tolerance (e.g. 2.0 -> 1.94 for -3%) does not fail

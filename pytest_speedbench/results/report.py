@@ -21,7 +21,9 @@ from pytest_speedbench.errors import UsageError
 from pytest_speedbench.metrics import catalogue
 from pytest_speedbench.results.export import Run, runs_dataframe
 
-FIGURES: tuple[str, ...] = ("pareto", "al_by_category", "al_histogram", "conditional_acceptance", "speedup_vs_batch")
+FIGURES: tuple[str, ...] = ("pareto", "al_by_category", "al_histogram", "conditional_acceptance", "speedup_vs_batch",
+                             "goodput_vs_rate", "al_by_position", "al_by_position_by_category", "al_thinking_answer",
+                             "accepted_share_by_rarity")
 _AR_STYLE = {"linestyle": "--"}
 _SD_STYLE = {"linestyle": "-"}
 #: 20 hues told apart on screen and in print (tab10, then Set1/Dark2-like ones that differ from it)
@@ -115,11 +117,14 @@ def _varies(frame: Any, column: str) -> bool:
     return column in frame and frame[column].astype(str).nunique() > 1
 
 
-def _labeller(frame: Any):
-    """A function row -> series label using the axes that vary in `frame` (batch size excluded)."""
+def _labeller(frame: Any, by_rate: bool = True):
+    """A function row -> series label using the axes that vary in `frame` (batch size excluded;
+    the request rate too when `by_rate` is False, for plots whose x axis it is)."""
     with_run = _varies(frame, "run")
     with_workload = frame.apply(_workload, axis=1).nunique() > 1 if len(frame) else False
     with_temp = _varies(frame, "temperature")
+    with_rate = by_rate and _varies(frame, "request_rate")
+    with_bs = not by_rate and _varies(frame, "batch_size")
 
     def label(row: Mapping[str, Any]) -> str:
         parts = [f"{row.get('engine')} {row.get('drafter')}"]
@@ -127,6 +132,10 @@ def _labeller(frame: Any):
             parts.append(_workload(row))
         if with_temp:
             parts.append(f"t{row.get('temperature'):g}")
+        if with_rate:
+            parts.append(f"r{row.get('request_rate')}" if row.get("request_rate") is not None else "closed loop")
+        if with_bs:
+            parts.append(f"bs{row.get('batch_size')}")
         if with_run:
             parts.append(f"[{row.get('run')}]")
         return " ".join(parts)
@@ -383,6 +392,137 @@ def plot_speedup_vs_batch(frame: Any) -> Any | None:
     return fig
 
 
+def _breakdown_bars(frame: Any, key: str, ylabel: str, title: str, baseline: float | None) -> Any | None:
+    """One bar per SD series and bin of the breakdown `key` (columns `key.<bin>`, bins in the
+    order of the first case that has them); a series' value is its mean over batch sizes."""
+    import numpy as np
+
+    data = frame[frame["drafter"] != "none"] if "drafter" in frame else frame
+    bins = list(dict.fromkeys(c.split(".", 1)[1] for c in data.columns if c.startswith(key + ".")))
+    bins = [b for b in bins if _num(data, f"{key}.{b}").notna().any()]
+    if not bins or data.empty:
+        return None
+    data = _with_series(data)
+    series = list(dict.fromkeys(data["series"]))
+    styles = series_styles(series)
+    fig = _figure(max(7.5, 1.1 * len(bins) * max(1, len(series)) ** 0.5), 4.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(bins))
+    width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        rows = data[data["series"] == name]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, [_num(rows, f"{key}.{b}").mean() for b in bins], width,
+               label=name, color=styles[name]["color"])
+    ax.set_xticks(x, bins)
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", linewidth=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncols=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def _rate_value(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def plot_goodput_vs_rate(frame: Any) -> Any | None:
+    """Goodput (requests/s meeting every SLO) and its share against the scheduled request rate,
+    AR dashed, SD solid; `inf` (all at once) is drawn right of the largest finite rate."""
+    import numpy as np
+
+    if "request_rate" not in frame:
+        return None
+    data = frame.assign(rate=frame["request_rate"].map(_rate_value), y=_num(frame, "goodput_rps"),
+                        share=_num(frame, "goodput_fraction")).dropna(subset=["rate", "y"])
+    if data.empty:
+        return None
+    finite = data.loc[np.isfinite(data["rate"]), "rate"]
+    inf_at = float(finite.max()) * 2 if not finite.empty else 1.0
+    data = data.assign(x=data["rate"].where(np.isfinite(data["rate"]), inf_at))
+    data = data.assign(series=data.apply(_labeller(data, by_rate=False), axis=1))
+    styles = series_styles(list(data["series"]))
+    fig = _figure(9.0, 4.4)
+    left, right = fig.subplots(1, 2)
+    for series, group in data.groupby("series", sort=False):
+        group = group.sort_values("x")
+        style = _AR_STYLE if group["drafter"].iloc[0] == "none" else _SD_STYLE
+        left.plot(group["x"], group["y"], label=series, **style, **styles[series])
+        right.plot(group["x"], group["share"], label=series, **style, **styles[series])
+    ticks = sorted(set(data["x"]))
+    names = [("inf" if x == inf_at and not np.isfinite(data.loc[data["x"] == x, "rate"]).all() else f"{x:g}")
+             for x in ticks]
+    for ax, ylabel in ((left, "goodput (requests/s meeting every SLO)"), (right, "share of requests meeting every SLO")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, names)
+        ax.minorticks_off()
+        ax.set_xlabel("scheduled request rate (requests/s)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("Goodput against request rate (SD solid, AR dashed)")
+    fig.legend(*left.get_legend_handles_labels(), loc="outside lower center",
+               ncols=_legend_columns(list(styles)), fontsize=8)
+    return fig
+
+
+def plot_al_by_position(frame: Any) -> Any | None:
+    """AL (tokens per decode step) by the output position where each step starts: drift along the output."""
+    return _breakdown_bars(frame, "al_by_position", "acceptance length",
+                           "Acceptance length by output position (step's first token)", 1.0)
+
+
+def plot_al_by_position_by_category(frame: Any) -> Any | None:
+    """AL by output position within each category: one panel per SD series, categories on the x
+    axis, one bar per position bin (columns `al_by_position_by_category.<category>/<bin>`)."""
+    import numpy as np
+
+    data = frame[frame["drafter"] != "none"] if "drafter" in frame else frame
+    prefix = "al_by_position_by_category."
+    cols = [c for c in data.columns if c.startswith(prefix) and _num(data, c).notna().any()]
+    if not cols or data.empty:
+        return None
+    cats = list(dict.fromkeys(c[len(prefix):].split("/", 1)[0] for c in cols))
+    bins = list(dict.fromkeys(c[len(prefix):].split("/", 1)[1] for c in cols))
+    data = _with_series(data)
+    series = list(dict.fromkeys(data["series"]))
+    styles = series_styles(bins)
+    fig = _figure(max(7.5, 0.9 * len(cats) * max(1, len(bins)) ** 0.5), 3.4 * len(series))
+    axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
+    x = np.arange(len(cats))
+    width = 0.8 / len(bins)
+    for ax, name in zip(axes, series):
+        rows = data[data["series"] == name]
+        for i, b in enumerate(bins):
+            heights = [_num(rows, f"{prefix}{c}/{b}").mean() if f"{prefix}{c}/{b}" in rows else float("nan")
+                       for c in cats]
+            ax.bar(x + (i - (len(bins) - 1) / 2) * width, heights, width, label=f"positions {b}",
+                   color=styles[b]["color"])
+        ax.set_xticks(x, cats, rotation=30, ha="right")
+        ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_ylabel("acceptance length")
+        ax.set_title(f"{name}: AL by output position per category", fontsize=10)
+        ax.legend(fontsize=7, ncols=len(bins))
+        ax.grid(True, axis="y", alpha=0.3)
+    return fig
+
+
+def plot_al_thinking_answer(frame: Any) -> Any | None:
+    """AL of the reasoning part, the answer part, and outputs without the end marker."""
+    return _breakdown_bars(frame, "al_thinking_answer", "acceptance length",
+                           "Acceptance length: thinking vs answer (split at the reasoning end marker)", 1.0)
+
+
+def plot_accepted_share_by_rarity(frame: Any) -> Any | None:
+    """Share of emitted tokens produced by accepted drafts, by the token's frequency rank: a drafter
+    that cannot propose rare tokens (pruned vocabulary) drops to 0 on the right."""
+    return _breakdown_bars(frame, "accepted_share_by_rarity", "share of tokens from accepted drafts",
+                           "Accepted-draft share by token rarity (frequency rank in the rank corpus)", None)
+
+
 def make_figures(frame: Any) -> dict[str, Any]:
     """Every figure the data supports, by name (see FIGURES)."""
     builders = {
@@ -391,6 +531,11 @@ def make_figures(frame: Any) -> dict[str, Any]:
         "al_histogram": plot_al_histogram,
         "conditional_acceptance": plot_conditional_acceptance,
         "speedup_vs_batch": plot_speedup_vs_batch,
+        "goodput_vs_rate": plot_goodput_vs_rate,
+        "al_by_position": plot_al_by_position,
+        "al_by_position_by_category": plot_al_by_position_by_category,
+        "al_thinking_answer": plot_al_thinking_answer,
+        "accepted_share_by_rarity": plot_accepted_share_by_rarity,
     }
     out = {}
     for name, build in builders.items():
@@ -444,6 +589,11 @@ _TITLES = {
     "al_histogram": "Acceptance length histogram",
     "conditional_acceptance": "Conditional acceptance per draft position",
     "speedup_vs_batch": "Speedup against batch size",
+    "goodput_vs_rate": "Goodput against request rate",
+    "al_by_position": "Acceptance length by output position",
+    "al_by_position_by_category": "Acceptance length by output position, per category",
+    "al_thinking_answer": "Acceptance length: thinking vs answer",
+    "accepted_share_by_rarity": "Accepted-draft share by token rarity",
 }
 
 

@@ -5,6 +5,7 @@ Pure functions only: the plugin turns the result into parametrized tests.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -46,6 +47,11 @@ class EngineKey:
     __repr__ = __str__
 
 
+def format_rate(rate: float) -> str:
+    """8.0 -> '8', 0.5 -> '0.5', inf -> 'inf' (case ids and labels)."""
+    return f"{rate:g}"
+
+
 @dataclass(frozen=True)
 class Case:
     engine: str
@@ -57,12 +63,17 @@ class Case:
     #: set only when the matrix sweeps more than one draft length (then the id ends in -gN and
     #: params carry it); None for drafter=none, whose one case is the twin of every draft length
     draft_length: int | None = None
+    #: open-loop load: requests per second (inf: all at once), with batch_size as the cap on
+    #: requests in flight; None = closed loop, exactly batch_size in flight (ids gain -rR)
+    request_rate: float | None = None
 
     @property
     def id(self) -> str:
         split = self.split if self.bucket is None else f"{self.split}-{self.bucket}"
         gamma = "" if self.draft_length is None else f"-g{self.draft_length}"
-        return f"{self.engine}-{self.drafter}-{split}-bs{self.batch_size}-t{format_temperature(self.temperature)}{gamma}"
+        rate = "" if self.request_rate is None else f"-r{format_rate(self.request_rate)}"
+        return (f"{self.engine}-{self.drafter}-{split}-bs{self.batch_size}-t{format_temperature(self.temperature)}"
+                f"{gamma}{rate}")
 
     @property
     def engine_key(self) -> EngineKey:
@@ -93,6 +104,8 @@ class Case:
         }
         if self.draft_length is not None:
             params["draft_length"] = self.draft_length
+        if self.request_rate is not None:  # "inf" as text: JSON has no infinity
+            params["request_rate"] = "inf" if math.isinf(self.request_rate) else self.request_rate
         return params
 
 
@@ -115,6 +128,7 @@ def expand(
     configs: Collection[str] | None = None,
     dataset: str = "the dataset",
     draft_lengths: Sequence[int] = (),
+    request_rates: Sequence[float] = (),
 ) -> Matrix:
     """Every sensible combination, ordered so each engine instance's cases are contiguous
     and the drafter=none instance of an engine comes before its SD instances (so measured
@@ -126,7 +140,11 @@ def expand(
     With more than one of `draft_lengths`, every SD drafter runs once per draft length (one
     engine instance each, ids ending in -gN); drafter=none runs once and is every one's twin.
     With one (or none), cases carry no draft length and ids are unchanged.
+
+    `request_rates` (requests/s, inf = all at once) turn every case into open-loop ones, one
+    per rate, with the batch size as the cap on requests in flight (ids end in -rR).
     """
+    rates: list[float | None] = list(dict.fromkeys(request_rates)) or [None]
     batch_sizes_for = batch_sizes_for or {}
     gammas: list[int | None] = list(dict.fromkeys(draft_lengths)) if len(set(draft_lengths)) > 1 else [None]
     dropped: list[str] = []
@@ -146,7 +164,7 @@ def expand(
                     for bucket in split_buckets:
                         for bs in batch_sizes_for.get(engine, batch_sizes):
                             for t in temperatures:
-                                cases.append(Case(engine, drafter, split, bucket, bs, t, gamma))
+                                cases += [Case(engine, drafter, split, bucket, bs, t, gamma, r) for r in rates]
     if buckets_explicit and not {"throughput", "random"} & set(splits):
         dropped.append("buckets apply to the throughput split only; the qualitative split has none")
     return Matrix(tuple(dict.fromkeys(cases)), tuple(dict.fromkeys(dropped)))

@@ -46,7 +46,7 @@ class OptionSpec:
     name: str  # Settings attribute and yaml key
     flag: str  # command line flag
     help: str
-    kind: str = "str"  # str | int | float | bool | list_str | list_int | list_float
+    kind: str = "str"  # str | int | float | bool | list_str | list_int | list_float | list_rate
     default: Any = None
     #: valid values, or a function giving them (engines: read from the registry when needed)
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
@@ -75,6 +75,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("bucket", "--bucket", "throughput input-length buckets (comma list)", "list_str",
                list(BUCKETS), BUCKETS),
     OptionSpec("batch_size", "--batch-size", "concurrent requests (comma list)", "list_int", [1]),
+    OptionSpec("request_rate", "--request-rate",
+               "open-loop load: requests per second (comma list; inf = all at once), arrivals Poisson or "
+               "gamma (--burstiness), --batch-size capping the requests in flight (ids gain -rR); "
+               "unset: closed loop, exactly batch-size requests in flight", "list_rate", []),
+    OptionSpec("burstiness", "--burstiness",
+               "gamma shape of the gaps between arrivals under --request-rate: 1 = Poisson, < 1 burstier, "
+               "> 1 more regular", "float", 1.0),
+    OptionSpec("goodput", "--goodput",
+               "latency SLOs in ms a request must all meet to count as goodput, e.g. ttft:200,tpot:50,e2e:5000",
+               "str", None),
     OptionSpec("temperature", "--temperature", "sampling temperatures (comma list)", "list_float", [0.0]),
     OptionSpec("model", "--model", "target model: bundled name, local dir, GGUF file or hub id", "str", None),
     OptionSpec("tokenizer", "--tokenizer", "tokenizer (defaults to the model)", "str", None),
@@ -107,6 +117,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("ready_timeout", "--ready-timeout", "seconds to wait for a launched engine to be ready",
                "float", 600.0),
     OptionSpec("chat_template", "--chat-template", "apply the tokenizer's chat template (on/off)", "bool", True),
+    OptionSpec("thinking_end", "--thinking-end",
+               "text that ends a reasoning section, for the thinking-vs-answer breakdown: auto (by model "
+               "family, else </think>), off, or the text itself", "str", "auto"),
+    OptionSpec("rank_corpus", "--rank-corpus",
+               "corpus of the token frequency ranks behind acceptance by token rarity: bundled (the bundled "
+               "prompt texts) or a .txt/.jsonl file", "str", "bundled"),
     OptionSpec("seed", "--speedbench-seed", "seed for prompt sampling and bootstrap", "int", 0),
     OptionSpec("config", "--speedbench-config", "path to speedbench.yaml", "str", None),
     OptionSpec("profile", "--speedbench-profile",
@@ -135,6 +151,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "engine_version); cases whose other fields differ are not gated and fail", "list_str", [],
                FINGERPRINT_FIELDS),
     OptionSpec("gpus", "--speedbench-gpus", "GPU ids to spread xdist workers over (comma list)", "str", None),
+    OptionSpec("shard", "--speedbench-shard",
+               "run shard K of N of the matrix (K/N, from 1; engine start groups never split), or auto: from "
+               "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT or JOB_COMPLETION_INDEX/SPEEDBENCH_SHARD_COUNT", "str", None),
+    OptionSpec("shard_by", "--speedbench-shard-by",
+               "what a shard keeps whole: engine (every case of a launched engine instance, so each starts once "
+               "in the fleet), pair (an AR case with its SD cases; each shard starts the servers it needs), or "
+               "auto: engine when that fills every shard, else pair", "str", "auto", ("auto", "engine", "pair")),
+    OptionSpec("plan", "--speedbench-plan",
+               "print each shard's cases and estimated time (for --speedbench-shard's N, else for several N), "
+               "then stop without measuring", "bool", False),
 )
 
 OPTION_BY_NAME: dict[str, OptionSpec] = {o.name: o for o in OPTIONS}
@@ -182,6 +208,46 @@ def add_command_options(parser: Any, names: Sequence[str] = COMMAND_OPTIONS) -> 
         add_option(parser.add_argument, OPTION_BY_NAME[name], command=True)
 
 
+def parse_rate(raw: str) -> float:
+    """A request rate: a positive number of requests per second, or inf (all at once)."""
+    text = str(raw).strip().lower()
+    try:
+        rate = math.inf if text in ("inf", "infinity") else float(text)
+    except ValueError:
+        rate = math.nan
+    if not rate > 0 or math.isnan(rate):
+        raise UsageError(f"--request-rate: {raw!r} is not a positive rate; give requests per second (e.g. 8, 0.5) "
+                         "or inf")
+    return rate
+
+
+#: the latency SLOs --goodput accepts (metrics/goodput.py computes them)
+SLO_NAMES: tuple[str, ...] = ("ttft", "tpot", "e2e")
+
+
+def parse_slos(text: str) -> dict[str, float]:
+    """--goodput 'ttft:200,tpot:50' -> {'ttft': 0.2, 'tpot': 0.05} (seconds); a UsageError names a bad item."""
+    slos: dict[str, float] = {}
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition(":")
+        name = name.strip().lower()
+        if name not in SLO_NAMES or not sep:
+            raise UsageError(f"--goodput: {item!r} is not NAME:MS; names: {', '.join(SLO_NAMES)} "
+                             "(e.g. ttft:200,tpot:50,e2e:5000)")
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if not ms > 0 or math.isinf(ms):
+            raise UsageError(f"--goodput: {item!r}: the SLO must be a positive number of milliseconds")
+        slos[name] = ms / 1e3
+    if not slos:
+        raise UsageError("--goodput: no SLO given; e.g. ttft:200,tpot:50,e2e:5000")
+    return slos
+
+
 def _as_bool(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
@@ -210,6 +276,8 @@ def coerce(spec: OptionSpec, raw: Any) -> Any:
             return [int(x) for x in items]
         if spec.kind == "list_float":
             return [float(x) for x in items]
+        if spec.kind == "list_rate":
+            return [parse_rate(x) for x in items]
     except ValueError:
         raise UsageError(f"{what}: {raw!r} is not a valid {spec.kind.replace('list_', 'list of ')}") from None
     choices = spec.valid_choices()
@@ -230,6 +298,9 @@ class Settings:
     split: list[str]
     bucket: list[str]
     batch_size: list[int]
+    request_rate: list[float]
+    burstiness: float
+    goodput: str | None
     temperature: list[float]
     model: str | None
     tokenizer: str | None
@@ -250,6 +321,8 @@ class Settings:
     request_timeout: float
     ready_timeout: float
     chat_template: bool
+    thinking_end: str
+    rank_corpus: str
     seed: int
     config: str | None
     #: the profile applied (None: no profile); see settings/profile.py
@@ -264,6 +337,9 @@ class Settings:
     allow_missing: bool
     allow_change: list[str]
     gpus: str | None
+    shard: str | None
+    shard_by: str
+    plan: bool
     #: per-engine overrides from speedbench.yaml's `engines:` section (batch_size, engine_args, ...)
     per_engine: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: sections of speedbench.yaml other modules read (gates, thresholds, ...)
@@ -294,6 +370,10 @@ class Settings:
                              "digits, '.', '_' and '-'")
         if self.warmup < 0:
             raise UsageError(f"--warmup: {self.warmup} must be 0 or more")
+        if not self.burstiness > 0 or math.isinf(self.burstiness):
+            raise UsageError(f"--burstiness: {self.burstiness:g} must be a positive number (1 = Poisson arrivals)")
+        if self.goodput:
+            parse_slos(self.goodput)
         if self.warmup_prompts not in ("outside", "measured"):
             raise bad_value("--warmup-prompts", self.warmup_prompts, ("outside", "measured"))
         for name in ("request_timeout", "ready_timeout"):

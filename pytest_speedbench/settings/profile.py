@@ -50,17 +50,37 @@ def profile_values(profiles: Mapping[str, Any], name: str | None, where: object)
     return dict(values)
 
 
-def prompt_lines(settings: Any, buckets: list[str]) -> list[str]:
-    """What the run sends: dataset, categories, prompts per category, output length."""
+def capped(num_prompts: int, counts: dict[str, int] | None, categories: Any = ()) -> str:
+    """'' when every category has --num-prompts rows (or nobody knows); else what a run
+    really gets, e.g. '; capped at what exists: 512 per category, 1536 prompts'."""
+    if not counts:
+        return ""
+    have = {c: n for c, n in counts.items() if not categories or c in categories}
+    if not have or min(have.values()) >= num_prompts:
+        return ""
+    low, high = min(have.values()), max(have.values())
+    per = f"{low}" if low == high or high <= num_prompts else f"{low}-{min(high, num_prompts)}"
+    return f"; capped at what exists: {per} per category, {sum(min(n, num_prompts) for n in have.values())} prompts"
+
+
+def prompt_lines(settings: Any, buckets: list[str], counts: dict[str, dict[str, int] | None] | None = None) -> list[str]:
+    """What the run sends: dataset, categories, prompts per category (capped where the dataset
+    has fewer; `counts`: rows per category by config, where known), output length."""
     s = settings
+    counts = counts or {}
     per = f"{s.num_prompts} prompt(s) per category (--num-prompts)"
     lines = []
     if "qualitative" in s.split:
         cats = f"{len(s.category)} categories ({', '.join(s.category)})" if s.category else "all categories"
-        lines.append(f"speedbench: prompts: {s.dataset} qualitative, {cats}; {per}")
+        lines.append(f"speedbench: prompts: {s.dataset} qualitative, {cats}; {per}"
+                     f"{capped(s.num_prompts, counts.get('qualitative'), s.category)}")
     if "throughput" in s.split and buckets:
         lines.append(f"speedbench: prompts: {s.dataset} throughput {', '.join(buckets)}; "
                      f"{s.num_prompts} prompt(s) per entropy level and bucket (--num-prompts)")
+        for b in buckets:
+            cap = capped(s.num_prompts, counts.get(f"throughput_{b}"))
+            if cap:
+                lines.append(f"speedbench: prompts: throughput {b}{cap.replace('category', 'entropy level')}")
     lines.append(f"speedbench: up to {s.output_len} new tokens per turn (--output-len), "
                  f"{s.warmup} warmup request(s) per case")
     return lines

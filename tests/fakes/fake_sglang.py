@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefill-ms", type=float, default=2.0)
     p.add_argument("--coalesce", type=int, default=1, help="verification steps per streamed event")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-prompt", action="store_true",
+                   help="draw each request's steps from its prompt alone (not its arrival index), so a prompt "
+                        "gets the same steps in any run and any order (sharded vs unsharded runs)")
     p.add_argument("--ground-truth", type=Path, default=None)
     p.add_argument("--incremental", action="store_true", help="incremental output_ids (not cumulative)")
     p.add_argument("--version", default="0.5.23", help="version reported; <0.5.10 uses old counter names")
@@ -242,7 +245,8 @@ class FakeSGLang:
         sp = body.get("sampling_params") or {}
         max_new = int(sp.get("max_new_tokens", 16))
         digest = hashlib.sha256(json.dumps(input_ids).encode()).digest()
-        rng = random.Random(self.args.seed * 1_000_003 + int.from_bytes(digest[:8], "big") + index)
+        order = 0 if self.args.per_prompt else index
+        rng = random.Random(self.args.seed * 1_000_003 + int.from_bytes(digest[:8], "big") + order)
         accept = self.accept
         if self.args.memory and accept:
             if digest.hex() in self.seen_prompts:
