@@ -13,17 +13,17 @@ import argparse
 import json
 import time
 
+from pytest_speedbench.commands import command
 from pytest_speedbench.data.prompt_cache import DEFAULT_MAX, ENV_MAX, PromptCache
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="list or clear the prepared-prompt cache", description=__doc__)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ls = actions.add_parser("list", help="entries, least recently used first: config, prompts, size, last use")
+    ls = command(actions, "list", help="entries, least recently used first: config, prompts, size, last use",
+                 run=run_list)
     ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=run_list)
-    clear = actions.add_parser("clear", help="remove every prepared-prompt entry")
-    clear.set_defaults(func=run_clear)
+    command(actions, "clear", help="remove every prepared-prompt entry", run=run_clear)
 
 
 def _mb(n: int) -> str:
