@@ -240,6 +240,12 @@ class CaseRunner:
         return check
 
 
+def measured_failures(run: RunRecords, extra: dict[str, Any]) -> list[str]:
+    """Why a measured case fails whatever its gate says: failed requests, a failed repeat check."""
+    repeat = extra.get("repeat_check") or {}
+    return request_failures(run) + ([repeat["reason"]] if repeat.get("verdict") == "fail" else [])
+
+
 def request_failures(run: RunRecords) -> list[str]:
     """One reason naming how many measured requests failed and the first one's error."""
     failed = [r for r in run.measured if r.error]

@@ -5,20 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_speedbench import hookspecs
 from pytest_speedbench.settings.options import OPTIONS, add_option, build_settings
-from pytest_speedbench.engines.base import Engine
 from pytest_speedbench.errors import EngineNotInstalled, SpeedbenchError, UsageError
 from pytest_speedbench.progress import CaseProgress, Heartbeat, Terminal, minutes
 from pytest_speedbench.settings.matrix import Case
-from pytest_speedbench.case_runner import CaseResult
-from pytest_speedbench.session import SpeedbenchSession
 
-SESSION_KEY = pytest.StashKey[SpeedbenchSession]()
+if TYPE_CHECKING:  # imported when a session starts, after its inputs are checked (a typo exits fast)
+    from pytest_speedbench.case_runner import CaseResult
+    from pytest_speedbench.engines.base import Engine
+    from pytest_speedbench.session import SpeedbenchSession
+
+SESSION_KEY = pytest.StashKey["SpeedbenchSession"]()
 CASE_FIXTURE = "speedbench_case"
 ENGINE_FIXTURE = "speedbench_engine"
 
@@ -59,6 +61,8 @@ def pytest_configure(config: pytest.Config) -> None:
     ini = {spec.name: config.getini(spec.ini_name) or None for spec in OPTIONS}
     try:
         settings = build_settings(cli, ini, _yaml_path(config, cli.get("config") or ini.get("config")))
+        from pytest_speedbench.session import SpeedbenchSession
+
         session = SpeedbenchSession(settings, Path(config.rootpath))
         if "engine" in settings.explicit:
             for engine in settings.engine:

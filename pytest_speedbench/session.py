@@ -10,28 +10,20 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_speedbench.case_runner import CaseResult, CaseRunner, request_failures
 from pytest_speedbench.data.loaders import available_configs, category_counts, check_categories, check_dataset
-from pytest_speedbench.data.prompt_cache import PromptCache
-from pytest_speedbench.data.workload import WorkloadCache
-from pytest_speedbench.engine_pool import EnginePool
 from pytest_speedbench.engines import DRAFTERS
-from pytest_speedbench.engines.base import Engine
 from pytest_speedbench.errors import SpeedbenchError, UsageError
-from pytest_speedbench.measure.client import Progress
-from pytest_speedbench.metrics.request import request_e2e
-from pytest_speedbench.results.book import ResultsBook
-from pytest_speedbench.results.document import benchmark_entry
-from pytest_speedbench.results.gates import (
-    FINGERPRINT_KEY, evaluate, find_baseline, parse_thresholds, rules_from_settings,
-)
 from pytest_speedbench.results.record import RunRecord
-from pytest_speedbench.results.table import summary_lines
 from pytest_speedbench.settings.matrix import Case, Matrix, expand
 from pytest_speedbench.settings.options import Settings
 from pytest_speedbench.settings.profile import profile_line, prompt_lines
+
+if TYPE_CHECKING:  # the runner, pool and their clients are imported once the inputs are checked
+    from pytest_speedbench.case_runner import CaseResult
+    from pytest_speedbench.engines.base import Engine
+    from pytest_speedbench.measure.client import Progress
 
 
 def build_matrix(settings: Settings) -> Matrix:
@@ -85,6 +77,14 @@ class SpeedbenchSession:
         self.started = time.monotonic()
         self.first_result_s: float | None = None
         self.config: Any = None  # the pytest.Config, set by the plugin (hooks are called through it)
+        self.check_inputs()  # a typo stops the run before the engine and client code is even imported
+        from pytest_speedbench.case_runner import CaseRunner
+        from pytest_speedbench.data.prompt_cache import PromptCache
+        from pytest_speedbench.data.workload import WorkloadCache
+        from pytest_speedbench.engine_pool import EnginePool
+        from pytest_speedbench.results.book import ResultsBook
+        from pytest_speedbench.results.gates import parse_thresholds, rules_from_settings
+
         workdir = rootdir / settings.storage / "logs" / time.strftime("%Y%m%d-%H%M%S")
         self.pool = EnginePool(settings, self.matrix, workdir)
         self.workload = WorkloadCache(settings, PromptCache())
@@ -105,7 +105,7 @@ class SpeedbenchSession:
         self.baseline_lines: list[str] = []
         if settings.compare:
             self._load_baseline(settings.compare)
-        self.preflight()
+        self.book.check_writable()  # a nightly job stops at second 0, not after the first case
 
     def _load_baseline(self, compare: str) -> None:
         if compare == "latest":
@@ -116,8 +116,8 @@ class SpeedbenchSession:
         if not self.baseline_lines:
             self.baseline_lines = [f"speedbench: baseline {compare} = {path}"]
 
-    def preflight(self) -> None:
-        """Catch bad paths before any engine starts: a nightly job should stop at second 0."""
+    def check_inputs(self) -> None:
+        """The dataset, categories, model paths and rank corpus exist (cheap: no engine code)."""
         s = self.settings
         check_dataset(s.dataset)
         if any(c.split == "qualitative" for c in self.matrix.cases):
@@ -130,7 +130,6 @@ class SpeedbenchSession:
                                  "name or a hub id" + (", or layers:N" if "draft" in flag else "") + ")")
         if s.rank_corpus != "bundled" and not Path(s.rank_corpus).expanduser().is_file():
             raise UsageError(f"--rank-corpus: {s.rank_corpus} is not a file (give 'bundled', a text file or a .jsonl file)")
-        self.book.check_writable()
 
     def header_lines(self) -> list[str]:
         """The session header: which profile, which prompts and how many per category."""
@@ -169,6 +168,10 @@ class SpeedbenchSession:
     def run_case(self, case: Case, engine: Engine, nodeid: str, name: str,
                  progress: Progress | None = None) -> CaseResult:
         """Measure, compute, gate and save one case; failures are recorded before raising."""
+        from pytest_speedbench.case_runner import CaseResult, measured_failures
+        from pytest_speedbench.metrics.request import request_e2e
+        from pytest_speedbench.results.gates import FINGERPRINT_KEY, evaluate, find_baseline
+
         try:
             run, extra = self.runner.measure(case, engine, progress)
         except BaseException as exc:
@@ -183,14 +186,7 @@ class SpeedbenchSession:
             baseline_extra_info=find_baseline(self.baseline, case.params(), name), strict=s.strict,
             allow_missing=s.allow_missing, allow_change=s.allow_change,
         )
-        failures = request_failures(run) + [c.message for c in verdict.checks if c.failed]
-        repeat = extra.get("repeat_check") or {}
-        if repeat.get("verdict") == "fail":
-            failures.append(repeat["reason"])
-        gate = verdict.as_dict()
-        if failures and gate["verdict"] != "fail":
-            gate = {**gate, "verdict": "fail", "reasons": failures + gate["reasons"]}
-        extra["gate"] = gate
+        failures, extra["gate"] = verdict.failing(measured_failures(run, extra))
         e2e = [request_e2e(r) for r in run.measured if r.ok]
         entry = self._entry(case, nodeid, name, [v for v in e2e if v is not None], extra)
         if self.config is not None:
@@ -203,6 +199,8 @@ class SpeedbenchSession:
         options = {"output_len": self.settings.output_len, "ignore_eos": self.settings.ignore_eos,
                    "warmup": self.settings.warmup,
                    "num_prompts": self.settings.num_prompts, "dataset": self.settings.dataset}
+        from pytest_speedbench.results.document import benchmark_entry
+
         return benchmark_entry(name, nodeid, group, case.params(), e2e, extra, options, param=case.id)
 
     def _record_twin_rounds(self, twin: Case, case: Case, figures: dict[str, Any]) -> None:
@@ -246,4 +244,6 @@ class SpeedbenchSession:
         return self.record.lines(self.settings.allow_missing)
 
     def summary_lines(self, verbose: bool = False) -> list[str]:
+        from pytest_speedbench.results.table import summary_lines
+
         return summary_lines(list(self.book.entries.values()), per_category=verbose)

@@ -60,3 +60,20 @@ def test_unreachable_server_is_one_line_with_the_url_and_cause(run, pytester: py
     # the frames are one option away
     long = run(f"--server-url={url}", "--tb=long")
     assert "raise EngineError" in long.stdout.str()
+
+
+def test_a_typo_stops_before_engine_client_and_maths_code_is_imported(pytester: pytest.Pytester):
+    """A typo'd category must exit in about pytest's own start-up time: the session checks its
+    inputs before importing the case runner, the client, numpy or an engine's packages."""
+    import subprocess
+    import sys
+
+    pytester.makepyfile(test_speedbench=SUITE)
+    probe = ("import sys, pytest\n"
+             "code = pytest.main(['--engine=hf', '--category=codign', '-q', '-p', 'no:cacheprovider'])\n"
+             "heavy = ('numpy', 'torch', 'transformers', 'aiohttp', 'pytest_speedbench.case_runner',\n"
+             "         'pytest_speedbench.measure.client', 'pytest_speedbench.engine_pool')\n"
+             "print('LOADED', int(code), [m for m in heavy if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=pytester.path, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "LOADED 4 []" in out, out

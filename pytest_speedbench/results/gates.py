@@ -375,6 +375,15 @@ class Verdict:
         """The `gate` entry of extra_info: verdict, reasons, and every check (`Check.as_dict`)."""
         return {"verdict": self.verdict, "reasons": list(self.reasons), "checks": [c.as_dict() for c in self.checks]}
 
+    def failing(self, measured: Sequence[str] = ()) -> tuple[list[str], dict[str, Any]]:
+        """(every reason the case fails, its `gate` entry): `measured` failures (failed requests,
+        a failed repeat check) fail the case whatever its checks say, listed first."""
+        failures = list(measured) + [c.message for c in self.checks if c.failed]
+        gate = self.as_dict()
+        if failures and gate["verdict"] != "fail":
+            gate = {**gate, "verdict": "fail", "reasons": failures + gate["reasons"]}
+        return failures, gate
+
 
 def _threshold_checks(threshold: Threshold, params: Mapping[str, Any], extra_info: Mapping[str, Any]) -> list[Check]:
     if not threshold.matches(params):
