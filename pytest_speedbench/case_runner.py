@@ -183,6 +183,8 @@ class CaseRunner:
             draft_model=config.draft_model if case.is_speculative else None,
             rounds=s.rounds if self.interleaves(case) else 1, temperature=case.temperature,
             hardware=fp.hardware(machine),
+            **({"burstiness": s.burstiness} if case.request_rate is not None else {}),
+            **({"goodput": ",".join(f"{k}:{v * 1e3:.10g}ms" for k, v in sorted(self.slos.items()))} if self.slos else {}),
         )
 
     def speedups_for(self, case: Case, run: RunRecords, extra: dict[str, Any]) -> dict[str, Any]:

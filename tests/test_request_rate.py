@@ -159,6 +159,9 @@ def test_a_request_rate_sweep_with_goodput_end_to_end(fake_sglang, pytester: pyt
     from pytest_speedbench.metrics import catalogue
 
     assert [catalogue.undeclared(b["extra_info"]) for b in doc["benchmarks"]] == [[]] * 4  # the schema holds
+    # arrivals and SLOs change the numbers: both are in the settings fingerprint a gate compares
+    assert info["settings_fingerprint"]["burstiness"] == "1.0"
+    assert info["settings_fingerprint"]["goodput"] == "tpot:1000ms,ttft:10000ms"
     assert info["speedup_goodput"] == pytest.approx(
         info["goodput_rps"] / bench["sglang-none-qualitative-bs2-t0-r50"]["extra_info"]["goodput_rps"], rel=0.5)
     assert info["send_lag_s"]["p50"] is not None

@@ -116,6 +116,7 @@ def test_changed_settings_are_refused_naming_each_field(bench, fake_sglang, pyte
     fp = json.loads(base.read_text())["benchmarks"][0]["extra_info"]["settings_fingerprint"]
     assert fp["output_len"] == "16" and fp["num_prompts"] == "2" and fp["engine"] == "sglang"
     assert "4 prompt(s) (coding, writing), sha256 " in fp["dataset"]
+    assert "burstiness" not in fp and "goodput" not in fp  # closed loop, no SLOs: older baselines still match
 
     # fewer new tokens and one category: not gated, the test fails naming both fields with both values
     result = bench(f"--server-url={server.url}", "--drafter=none", "--num-prompts=2", "--output-len=8",

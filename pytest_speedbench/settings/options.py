@@ -28,6 +28,9 @@ Parser = Callable[[str], Any]
 FINGERPRINT_FIELDS: tuple[str, ...] = (
     "output_len", "ignore_eos", "dataset", "num_prompts", "model", "engine", "engine_version",
     "drafter", "draft_length", "draft_model", "rounds", "temperature", "hardware",
+    # recorded only when set (open-loop arrivals, latency SLOs), so closed-loop runs keep
+    # matching baselines saved before these fields existed
+    "burstiness", "goodput",
 )
 
 
