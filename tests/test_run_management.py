@@ -18,7 +18,8 @@ PARAMS = {"engine": "hf", "drafter": "ngram", "split": "qualitative", "bucket": 
 def doc(status: str, *, name: str | None = None, e2e: float = 1.0, reason: str = "") -> dict:
     entry = R.benchmark_entry("t[hf-ngram]", "t.py::t[hf-ngram]", "g", PARAMS, [e2e], {"acceptance_length": 2.0}, {},
                               param="hf-ngram-qualitative-bs1-t0")
-    section = {"config": {"engine": ["hf"], "drafter": ["none", "ngram"], "output_len": 32, "dataset": "bundled"},
+    section = {"config": {"engine": ["hf"], "drafter": ["none", "ngram"], "category": ["coding"], "output_len": 32,
+                          "dataset": "bundled"},
                "run": {"status": status, "reason": reason, "name": name,
                        "cases": {"selected": 1, "measured": 1 if status == "complete" else 0}}}
     return R.results_document([entry], section, machine={"cpu": {}}, commit={"id": "0123456789abcdef", "dirty": False})
@@ -42,7 +43,7 @@ def test_named_runs_list_and_prune(tmp_path: Path, capsys):
     assert set(rows) == {"0001", "0002", "0003"}
     assert "before-upgrade" in rows["0002"] and " complete " in rows["0002"] and " 1/1 " in rows["0002"]
     assert " failed " in rows["0003"] and " 0/1 " in rows["0003"] and "01234567" in rows["0003"]
-    assert "engine=hf, drafter=none,ngram, output_len=32" in rows["0001"]
+    assert "engine=hf, drafter=none,ngram, category=coding, output_len=32" in rows["0001"]  # a one-category run shows
     assert lines[-1] == "latest = 0002_before-upgrade.json"
 
     assert main(["prune", "--keep", "2", "--storage", str(tmp_path), "--dry-run"]) == 0

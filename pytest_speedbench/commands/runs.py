@@ -33,8 +33,8 @@ def row(path: Path, doc: Mapping[str, Any] | None) -> tuple[str, ...]:
     entries = doc.get("benchmarks") or []
     count = f"{cases['measured']}/{cases['selected']}" if "measured" in cases else str(len(entries))
     config = (doc.get("speedbench") or {}).get("config") or {}
-    settings = ", ".join(f"{k}={_short(config[k])}" for k in ("engine", "drafter", "split", "output_len", "num_prompts",
-                                                             "dataset") if config.get(k) not in (None, [], ""))
+    settings = ", ".join(f"{k}={_short(config[k])}" for k in ("engine", "drafter", "split", "category", "output_len",
+                                                             "num_prompts", "dataset") if config.get(k) not in (None, [], ""))
     state, _ = status.status_of(doc)
     return (number, str(section.get("name") or ""), commit_id, str(doc.get("datetime") or "")[:19].replace("T", " "),
             state, count, settings)
