@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import urllib.request
 import pytest
@@ -84,6 +85,26 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path) -> Callable[..., Callable[..., Any]]:
+    """`suite(*defaults)` -> `run(*args)`: the speedbench SUITE in pytester against SGLang (a fake
+    server the test starts) on the tiny tokenizer and prompts file, quick settings plus `defaults`,
+    then each call's `args`."""
+    pytester.makepyfile(test_speedbench=SUITE)
+
+    def make(*defaults: str) -> Callable[..., pytest.RunResult]:
+        def run(*args: str) -> pytest.RunResult:
+            return pytester.runpytest(
+                "--engine=sglang", f"--tokenizer={tiny_tokenizer_dir}", f"--dataset={prompts_file}",
+                "--split=qualitative", "--warmup=0", "-p", "no:cacheprovider", "-W", "ignore::Warning",
+                *defaults, *args,
+            )
+
+        return run
+
+    return make
 
 
 def free_port() -> int:

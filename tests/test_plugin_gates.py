@@ -35,18 +35,9 @@ GOOD, BAD = "0.9,0.8,0.7", "0.5,0.3,0.1"
 
 
 @pytest.fixture
-def bench(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path):
+def bench(suite):
     """Run the speedbench suite in pytester with small, fast settings plus `args`."""
-    pytester.makepyfile(test_speedbench=SUITE)
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest(
-            "--engine=sglang", f"--tokenizer={tiny_tokenizer_dir}", f"--dataset={prompts_file}",
-            "--num-prompts=3", "--split=qualitative", "--temperature=0", "--warmup=0", "--output-len=32",
-            "-p", "no:cacheprovider", "-W", "ignore::Warning", "-v", *args,
-        )
-
-    return run
+    return suite("--num-prompts=3", "--temperature=0", "--output-len=32", "-v")
 
 
 def entries(path: Path) -> dict[str, dict[str, Any]]:

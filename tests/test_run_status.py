@@ -21,17 +21,8 @@ SD = "sglang-eagle3-qualitative-bs1-t0"
 
 
 @pytest.fixture
-def bench(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path):
-    pytester.makepyfile(test_speedbench=SUITE)
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest(
-            "--engine=sglang", f"--tokenizer={tiny_tokenizer_dir}", f"--dataset={prompts_file}",
-            "--num-prompts=1", "--split=qualitative", "--warmup=0", "--output-len=16", "--speedbench-rounds=1",
-            "-p", "no:cacheprovider", "-W", "ignore::Warning", *args,
-        )
-
-    return run
+def bench(suite):
+    return suite("--num-prompts=1", "--output-len=16", "--speedbench-rounds=1")
 
 
 def saved(pytester: pytest.Pytester) -> list[Path]:
