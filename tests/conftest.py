@@ -88,8 +88,8 @@ def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def suite(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path) -> Callable[..., Callable[..., Any]]:
-    """`suite(*defaults)` -> `run(*args)`: the speedbench SUITE in pytester against SGLang (a fake
+def speedbench_suite(pytester: pytest.Pytester, tiny_tokenizer_dir: Path, prompts_file: Path) -> Callable[..., Callable[..., Any]]:
+    """`speedbench_suite(*defaults)` -> `run(*args)`: the speedbench SUITE in pytester against SGLang (a fake
     server the test starts) on the tiny tokenizer and prompts file, quick settings plus `defaults`,
     then each call's `args`."""
     pytester.makepyfile(test_speedbench=SUITE)

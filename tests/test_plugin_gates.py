@@ -35,9 +35,9 @@ GOOD, BAD = "0.9,0.8,0.7", "0.5,0.3,0.1"
 
 
 @pytest.fixture
-def bench(suite):
+def bench(speedbench_suite):
     """Run the speedbench suite in pytester with small, fast settings plus `args`."""
-    return suite("--num-prompts=3", "--temperature=0", "--output-len=32", "-v")
+    return speedbench_suite("--num-prompts=3", "--temperature=0", "--output-len=32", "-v")
 
 
 def entries(path: Path) -> dict[str, dict[str, Any]]:

@@ -21,8 +21,8 @@ SD = "sglang-eagle3-qualitative-bs1-t0"
 
 
 @pytest.fixture
-def bench(suite):
-    return suite("--num-prompts=1", "--output-len=16", "--speedbench-rounds=1")
+def bench(speedbench_suite):
+    return speedbench_suite("--num-prompts=1", "--output-len=16", "--speedbench-rounds=1")
 
 
 def saved(pytester: pytest.Pytester) -> list[Path]:
