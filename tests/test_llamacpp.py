@@ -19,11 +19,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from conftest import SUITE
 
 from pytest_speedbench import cli
 
 from pytest_speedbench.engines import llama_build
 from pytest_speedbench.engines.base import EngineConfig, SamplingParams
+from pytest_speedbench.engines.llama_build import cache_root
 from pytest_speedbench.engines.llamacpp import (
     LlamaCppEngine,
     LlamaCppParser,
@@ -433,3 +435,41 @@ def test_bad_flag_fails_fast_with_log_tail(tmp_path):
     assert time.monotonic() - t0 < 5.0
     assert "--no-such-flag" in str(info.value) and "log tail" in str(info.value)
     eng.stop()
+
+
+#: the real cache (built llama-server, converted models), read before pytester moves HOME
+CACHE = cache_root()
+
+
+@pytest.mark.real_engine
+def test_an_open_loop_rate_with_goodput_on_the_real_llama_server(pytester: pytest.Pytester, monkeypatch):
+    monkeypatch.setenv("SPEEDBENCH_CACHE", str(CACHE))
+    _binary_or_skip()
+    pytester.makepyfile(test_speedbench=SUITE)
+    pytester.makefile(".yaml", speedbench="engines:\n  llamacpp:\n    threads: 1\n")
+    out = pytester.path / "run.json"
+    result = pytester.runpytest(
+        "--engine=llamacpp", "--drafter=none,ngram", "--batch-size=2", "--num-prompts=2", "--category=coding",
+        "--split=qualitative", "--warmup=0", "--output-len=8", "--request-rate=4", "--goodput=ttft:600000,tpot:60000",
+        "--speedbench-rounds=1", f"--speedbench-json={out}", "-p", "no:cacheprovider", "-W", "ignore::Warning",
+    )
+    result.assert_outcomes(passed=2)
+    bench = {b["param"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
+    assert set(bench) == {"llamacpp-none-qualitative-bs2-t0-r4", "llamacpp-ngram-qualitative-bs2-t0-r4"}
+    for info in bench.values():
+        load = dict(info["client"]["load"])
+        assert isinstance(load.pop("seed"), int)
+        assert load == {"mode": "open", "request_rate": 4.0, "arrivals": "poisson", "burstiness": 1.0,
+                        "max_concurrency": 2}
+        # one round: each prompt sent once and answered in full (the ngram case's twin in its own pass)
+        assert info["num_requests"] == 2 and info["num_errors"] == 0
+        assert sorted(row["id"] for row in info["per_request"]) == sorted({row["id"] for row in info["per_request"]})
+        assert len(info["per_request"]) == 2 and all(row["tokens"] == 8 for row in info["per_request"])
+        lag, wait = info["send_lag_s"], info["cap_wait_s"]
+        assert lag["p50"] is not None and 0.0 <= lag["p50"] <= lag["p99"]
+        assert wait["p50"] is not None and 0.0 <= wait["p50"] <= wait["p99"]
+        assert info["goodput_slos_ms"] == {"ttft": 600000.0, "tpot": 60000.0}
+        # SLOs of minutes: every answered request counts
+        assert info["goodput_requests"] == info["num_requests"] and info["goodput_fraction"] == 1.0
+        assert info["goodput_rps"] > 0
+    assert bench["llamacpp-ngram-qualitative-bs2-t0-r4"]["speedup_goodput"] > 0
