@@ -343,3 +343,25 @@ def test_bundled_model_and_its_truncated_draft_resolve_to_local_folders(monkeypa
     assert resolved.model == str(tmp_path / "smollm2") and resolved.draft_model == str(tmp_path / "smollm2-draft-L24")
     assert local_models(_config("draft", model="org/target", draft_model="org/small")) == _config(
         "draft", model="org/target", draft_model="org/small")  # hub ids pass through
+
+
+def test_layers_spec_on_a_model_folder_becomes_its_truncated_draft(tmp_path, monkeypatch):
+    """`--model=DIR --draft-model=layers:N` (the draft-model drafter on a real folder): vLLM gets
+    a folder holding the folder's own first N layers, never the literal `layers:N`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pytest_speedbench.engines.vllm import local_models
+
+    monkeypatch.setenv("SPEEDBENCH_CACHE", str(tmp_path / "cache"))  # the draft folder is cached there
+    target = tmp_path / "target"
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=4,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(target)
+    resolved = local_models(_config("draft", model=str(target), draft_model="layers:2"))
+    assert resolved.model == str(target)
+    draft = json.loads((Path(resolved.draft_model) / "config.json").read_text())
+    assert draft["num_hidden_layers"] == 2
+    with pytest.raises(Exception, match="layers:1 ... layers:3"):
+        local_models(_config("draft", model=str(target), draft_model="layers:4"))

@@ -170,20 +170,21 @@ def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def local_models(config: EngineConfig) -> EngineConfig:
     """Resolve what vLLM cannot load itself: the bundled model (None or its alias) and GGUF
-    files become the cached safetensors folder (models.py); drafter=draft without a
-    draft model on such a local model gets its layer-truncated draft (models.truncated_draft).
-    Hub ids and folders pass through unchanged."""
+    files become the cached safetensors folder (models.py); `--draft-model=layers:N` becomes the
+    target's own first N layers (models.truncated_draft; the target must be a local folder or the
+    bundled model), and drafter=draft without a draft model on the bundled model gets its default
+    truncated draft. Hub ids and folders pass through unchanged."""
     from pytest_speedbench import models
 
-    spec = config.model
+    spec, draft = config.model, config.draft_model
     local = spec is None or spec.lower() in models.BUNDLED_ALIASES or spec.endswith(".gguf")
-    if not local:
-        return config
-    model = str(models.resolve_model(spec).hf_dir)
-    draft = config.draft_model
-    if config.drafter == "draft" and not draft:
+    model = str(models.resolve_model(spec).hf_dir) if local else spec
+    layers = models.parse_layers_spec(draft)
+    if layers is not None:
+        draft = str(models.truncated_draft(model, layers))
+    elif local and config.drafter == "draft" and not draft:
         draft = str(models.truncated_draft(spec))
-    elif draft and (draft.lower() in models.BUNDLED_ALIASES or draft.endswith(".gguf")):
+    elif local and draft and (draft.lower() in models.BUNDLED_ALIASES or draft.endswith(".gguf")):
         draft = str(models.resolve_model(draft).hf_dir)
     return replace(config, model=model, draft_model=draft)
 
