@@ -43,8 +43,8 @@ from pytest_speedbench.measure.transport import StreamTransport
 STREAMS_PER_PROCESS = 256
 
 #: open-loop requests one process sends per second on schedule (docs/request-rate.md: on the
-#: 2-core VM one process kept 256/s of 16-event streams, send lag p99 under 10 ms, and fell
-#: ~25% behind at 1024/s, where ~330 streams were in flight)
+#: 2-core VM one process kept 256/s of 16-event streams, send lag p99 6-23 ms, and fell
+#: behind at 1024/s, where ~330 streams were in flight)
 SENDS_PER_PROCESS = 256
 
 #: open loop: the first request is due this long after the start signal, so every worker is
