@@ -189,34 +189,25 @@ async def _drive(
 async def _open_loop(items: Sequence[WorkItem], spec: LoadSpec, conversation: Callable[..., Any],
                      progress: Progress | None) -> None:
     """Start conversation i at start + offset_i (measure/arrivals.py), at most batch_size in
-    flight: a dispatcher sleeps until the next request is due and hands it to a task that waits
-    for a free slot. Each record keeps when it was due and, when the cap made it wait, when its
-    slot was free, so the send lag (the client's own delay, event-loop backlog included) is told
-    apart from queueing under the cap."""
+    flight (measure/schedule.py). Each record keeps when it was due and, when the cap made it
+    wait, when its slot was free, so the send lag (the client's own delay, event-loop backlog
+    included) is told apart from queueing under the cap."""
     from pytest_speedbench.measure.arrivals import arrival_offsets
+    from pytest_speedbench.measure.schedule import LocalCap, keep_schedule
 
     assert spec.request_rate is not None
     offsets = arrival_offsets(len(items), spec.request_rate, spec.burstiness, spec.seed)
-    slots = asyncio.Semaphore(max(1, spec.batch_size))
     done = 0
 
-    async def one(item: WorkItem, due: float) -> None:
+    async def send(k: int, due: float, slot: float | None) -> None:
         nonlocal done
-        capped = slots.locked()  # the cap binds: the wait for a slot is queueing, not client delay
-        async with slots:
-            await conversation(item, due, time.perf_counter() if capped else None)
+        await conversation(items[k], due, slot)
         done += 1
         if progress is not None:
             progress(done, len(items))
 
-    tasks = []
     start = time.perf_counter()
-    for item, offset in zip(items, offsets):
-        due = start + offset
-        while (wait := due - time.perf_counter()) > 0:  # asyncio may wake a clock tick early
-            await asyncio.sleep(wait)
-        tasks.append(asyncio.ensure_future(one(item, due)))
-    await asyncio.gather(*tasks)
+    await keep_schedule([start + offset for offset in offsets], LocalCap(spec.batch_size), send)
 
 
 async def run_http(
@@ -260,7 +251,8 @@ def run_http_sharded(
     engine: HttpEngine, items: Sequence[WorkItem], spec: LoadSpec, encoder: ConversationEncoder | None,
     plan: sharding.ShardPlan, warmup_items: Sequence[WorkItem] | None = None,
 ) -> RunRecords:
-    """Warmup here, then the measured requests over worker processes (see sharding.py)."""
+    """Warmup here (closed loop), then the measured requests over worker processes (see
+    sharding.py), on the open-loop schedule when the spec has a request rate."""
     kind = spec.resolved_transport()
     blob = sharding.parser_blob(engine.new_parser())
     if blob is None:
@@ -277,11 +269,17 @@ def run_http_sharded(
     def snapshot_before() -> None:
         counters["before"] = asyncio_run(engine.run_counters())
 
+    offsets = None
+    if spec.request_rate is not None:  # the one schedule, dealt out to the workers
+        from pytest_speedbench.measure.arrivals import arrival_offsets
+
+        offsets = arrival_offsets(len(items), spec.request_rate, spec.burstiness, spec.seed)
     jobs = sharding.build_jobs_input(engine.base_url, kind, requests, labels, blob, spec.request_timeout,
-                                     spec.batch_size)
+                                     spec.batch_size, offsets)
     records, info = sharding.run_sharded(jobs, plan, snapshot_before)
     after = asyncio_run(engine.run_counters())
     info["transport"] = kind
+    info["load"] = load_info(spec)
     return RunRecords(warm + records, counters_delta(counters.get("before"), after), info)
 
 
@@ -396,10 +394,9 @@ def run_load(
     if isinstance(engine, InProcessEngine):
         return run_inprocess(engine, items, spec, encoder, progress, warmup_items)
     if isinstance(engine, HttpEngine):
-        plan = sharding.plan_shards(spec.batch_size, spec.resolved_shards())
+        plan = sharding.plan_shards(spec.batch_size, spec.resolved_shards()) if spec.request_rate is None \
+            else sharding.plan_open_shards(spec.request_rate, spec.batch_size, spec.resolved_shards())
         blocker = _shard_blocker(engine, items, encoder) if plan.sharded else None
-        if plan.sharded and blocker is None and spec.request_rate is not None:
-            blocker = "open-loop arrivals (--request-rate) are sent from one process"
         if plan.sharded and blocker is None:
             return _finish_client_info(run_http_sharded(engine, items, spec, encoder, plan, warmup_items))
         run = asyncio_run(run_http(engine, items, spec, encoder, progress=progress, warmup_items=warmup_items))

@@ -7,9 +7,14 @@ so no engine state or threads are inherited). Every worker stamps `time.perf_cou
 which on Linux is CLOCK_MONOTONIC, one clock for the whole host (`clock_is_shared` checks it),
 so the parent merges the records as they are and the output-TPS window stays global.
 
-Exactly batch-size requests stay in flight overall: the concurrency is split into per-worker
-slot counts that add up to the batch size, and every slot takes its next request from one
-shared counter, so no worker idles while another still has a backlog.
+Closed loop: exactly batch-size requests stay in flight overall: the concurrency is split into
+per-worker slot counts that add up to the batch size, and every slot takes its next request
+from one shared counter, so no worker idles while another still has a backlog.
+
+Open loop (--request-rate): the parent computes the arrival schedule once (the same seed gives
+the same schedule whatever the worker count) and deals it out round-robin by arrival index;
+every worker sends its requests at their absolute times on the shared clock, and one shared
+in-flight counter caps the run at batch-size (measure/schedule.py `SharedCap`).
 """
 
 from __future__ import annotations
@@ -29,12 +34,22 @@ from typing import Any
 from pytest_speedbench.engines.base import HttpRequest
 from pytest_speedbench.errors import SpeedbenchError
 from pytest_speedbench.measure.records import RequestRecord
+from pytest_speedbench.measure.schedule import SharedCap, keep_schedule
 from pytest_speedbench.measure.stream import ClientMeter, asyncio_run, cpu_per_event, stream_request
 from pytest_speedbench.measure.transport import StreamTransport
 
 #: streams one process serves before sharding pays off (see docs/client-performance.md:
 #: at ~25 us per event and 20 ms steps, 256 streams keep one core about 30% busy)
 STREAMS_PER_PROCESS = 256
+
+#: open-loop requests one process sends per second on schedule (docs/request-rate.md: on the
+#: 2-core VM one process kept 256/s of 16-event streams, send lag p99 6-23 ms, and fell
+#: behind at 1024/s, where ~330 streams were in flight)
+SENDS_PER_PROCESS = 256
+
+#: open loop: the first request is due this long after the start signal, so every worker is
+#: running its event loop by then
+OPEN_LOOP_LEAD_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,31 @@ def plan_shards(
     return ShardPlan(workers, f"{batch_size} streams > {streams_per_process} per process on {cpus} CPUs")
 
 
+def plan_open_shards(
+    request_rate: float,
+    batch_size: int,
+    requested: int | None = None,
+    *,
+    cpus: int | None = None,
+    sends_per_process: int = SENDS_PER_PROCESS,
+    streams_per_process: int = STREAMS_PER_PROCESS,
+) -> ShardPlan:
+    """Open loop: `requested` when given, else enough workers for the rate (`sends_per_process`
+    each) and for the cap's worst-case streams (as `plan_shards`), at most one per usable CPU.
+    rate = inf sends batch-size at once and then as slots free: the closed-loop rule."""
+    streams = plan_shards(batch_size, requested, cpus=cpus, streams_per_process=streams_per_process)
+    if requested is not None or math.isinf(request_rate):
+        return streams
+    cpus = usable_cpus() if cpus is None else cpus
+    by_rate = math.ceil(request_rate / sends_per_process)
+    if by_rate <= 1:
+        return streams
+    if cpus < 2:
+        return ShardPlan(1, f"{request_rate:g} req/s but only {cpus} usable CPU")
+    workers = min(cpus, max(by_rate, streams.workers))
+    return ShardPlan(workers, f"{request_rate:g} req/s > {sends_per_process} per process on {cpus} CPUs")
+
+
 def split_slots(batch_size: int, workers: int) -> list[int]:
     """Per-worker concurrency adding up to batch_size, as even as possible."""
     base, extra = divmod(batch_size, workers)
@@ -121,6 +161,8 @@ class ShardJob:
     parser_blob: bytes  # pickled fresh parser, copied per request
     idle_timeout: float
     lag_interval: float
+    #: open loop: (request index, offset s) pairs this worker sends; None = closed loop
+    schedule: list[tuple[int, float]] | None = None
 
 
 def parser_blob(parser: Any) -> bytes | None:
@@ -143,22 +185,31 @@ def run_sharded(
     """Run the requests over `plan.workers` processes; returns (records, client_info).
 
     `jobs_input` holds base_url, transport, requests, labels, parser_blob, idle_timeout,
-    batch_size, lag_interval. `before_start()` runs once every worker is up and waiting (the
-    engine-counter snapshot goes there), right before the shared start signal.
+    batch_size, lag_interval, and for an open loop `offsets` (each request's arrival offset).
+    `before_start()` runs once every worker is up and waiting (the engine-counter snapshot goes
+    there), right before the shared start signal.
     """
     ctx = mp.get_context("spawn")
-    counter = ctx.Value("q", 0)
+    counter = ctx.Value("q", 0)  # closed loop: the next request; open loop: requests in flight
+    t0 = ctx.Value("d", 0.0)  # open loop: the perf_counter time offset 0 is due at
     start = ctx.Event()
-    slots = split_slots(jobs_input["batch_size"], plan.workers)
+    offsets = jobs_input.get("offsets")
+    if offsets is None:
+        slots = split_slots(jobs_input["batch_size"], plan.workers)
+        schedules: list[list[tuple[int, float]] | None] = [None] * plan.workers
+    else:  # every worker may use the whole cap; the shared counter holds it overall
+        slots = [jobs_input["batch_size"]] * plan.workers
+        schedules = [list(enumerate(offsets))[i::plan.workers] for i in range(plan.workers)]
     procs = []
     pipes = []
     for i, n in enumerate(slots):
         job = ShardJob(
             i, jobs_input["base_url"], jobs_input["transport"], n, jobs_input["requests"], jobs_input["labels"],
             jobs_input["parser_blob"], jobs_input["idle_timeout"], jobs_input.get("lag_interval", 0.005),
+            schedules[i],
         )
         parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=_worker_entry, args=(job, counter, start, child_end), daemon=True,
+        proc = ctx.Process(target=_worker_entry, args=(job, counter, t0, start, child_end), daemon=True,
                            name=f"speedbench-shard-{i}")
         proc.start()
         child_end.close()
@@ -173,6 +224,7 @@ def run_sharded(
                 raise SpeedbenchError(f"client shard {i} failed to start:\n{payload}")
         if before_start is not None:
             before_start()
+        t0.value = time.perf_counter() + OPEN_LOOP_LEAD_S
         start.set()
         records: list[RequestRecord] = []
         shards: list[dict[str, Any]] = []
@@ -194,7 +246,10 @@ def run_sharded(
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-    return records, merge_shard_info(shards, plan)
+    info = merge_shard_info(shards, plan)
+    if offsets is not None:
+        info["shard_cap"] = f"{jobs_input['batch_size']} in flight over all workers (one shared counter)"
+    return records, info
 
 
 def merge_shard_info(shards: list[dict[str, Any]], plan: ShardPlan) -> dict[str, Any]:
@@ -224,11 +279,11 @@ def merge_shard_info(shards: list[dict[str, Any]], plan: ShardPlan) -> dict[str,
     }
 
 
-def _worker_entry(job: ShardJob, counter: Any, start: Any, conn: Any) -> None:
+def _worker_entry(job: ShardJob, counter: Any, t0: Any, start: Any, conn: Any) -> None:
     try:
         conn.send(("ready", None))
         start.wait()
-        result = asyncio_run(_worker_main(job, counter))
+        result = asyncio_run(_worker_main(job, counter, t0.value))
         conn.send(("done", result))
     except BaseException:
         try:
@@ -239,9 +294,11 @@ def _worker_entry(job: ShardJob, counter: Any, start: Any, conn: Any) -> None:
         conn.close()
 
 
-async def _worker_main(job: ShardJob, counter: Any) -> tuple[list[RequestRecord], dict[str, Any]]:
-    """One worker's slots: each takes the next request from the shared counter and streams it
-    through `stream.stream_request`, the same one-request loop as the in-process client."""
+async def _worker_main(job: ShardJob, counter: Any, t0: float) -> tuple[list[RequestRecord], dict[str, Any]]:
+    """One worker's requests, each streamed through `stream.stream_request`, the same
+    one-request loop as the in-process client. Closed loop: each slot takes the next request
+    from the shared counter. Open loop: its share of the schedule, sent at t0 + offset under the
+    shared in-flight cap (`counter`) by the in-process client's dispatcher."""
     total = len(job.requests)
     prototype = pickle.loads(job.parser_blob)
     records: list[RequestRecord] = []
@@ -255,19 +312,24 @@ async def _worker_main(job: ShardJob, counter: Any) -> tuple[list[RequestRecord]
 
     async with StreamTransport(job.base_url, kind=job.transport) as transport:
 
+        async def send(i: int, due: float | None = None, slot_free: float | None = None) -> None:
+            prompt_id, category = job.labels[i]
+            record = RequestRecord(prompt_id, category, 0, t_scheduled=due, t_slot=slot_free)
+            meter.count(await stream_request(transport, job.requests[i], copy.deepcopy(prototype), record,
+                                             job.idle_timeout))
+            records.append(record)
+
         async def slot() -> None:
-            while True:
-                i = take()
-                if i >= total:
-                    return
-                prompt_id, category = job.labels[i]
-                record = RequestRecord(prompt_id, category, 0)
-                meter.count(await stream_request(transport, job.requests[i], copy.deepcopy(prototype), record,
-                                                 job.idle_timeout))
-                records.append(record)
+            while (i := take()) < total:
+                await send(i)
 
         meter.start()
-        await asyncio.gather(*(slot() for _ in range(job.slots)))
+        if job.schedule is None:
+            await asyncio.gather(*(slot() for _ in range(job.slots)))
+        else:
+            mine = job.schedule
+            await keep_schedule([t0 + offset for _, offset in mine], SharedCap(counter, job.slots),
+                                lambda k, due, free: send(mine[k][0], due, free))
         used = await meter.stop()
     info = {"index": job.index, "slots": job.slots, "requests": len(records), **used}
     return records, info
@@ -281,8 +343,10 @@ def build_jobs_input(
     blob: bytes,
     idle_timeout: float,
     batch_size: int,
+    offsets: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     return {
         "base_url": base_url, "transport": transport, "requests": list(requests), "labels": list(labels),
         "parser_blob": blob, "idle_timeout": idle_timeout, "batch_size": batch_size,
+        "offsets": None if offsets is None else list(offsets),
     }
