@@ -16,8 +16,9 @@ def test_other_projects_session_is_untouched(pytester: pytest.Pytester):
             if "speedbench" in line and not line.startswith(("plugins:", "platform "))]
     # pytest's own header names the plugin list and, in -v, the interpreter (a venv under ~/.cache/speedbench)
     assert ours == []
-    # no .speedbench, no results, no logs (pytest-benchmark, a dependency, makes its own .benchmarks)
-    assert sorted(p.name for p in pytester.path.iterdir() if p.name != ".benchmarks") == before
+    # no .speedbench, no results, no logs (pytest-benchmark, a dependency, makes its own .benchmarks;
+    # pytest's assertion rewriting writes __pycache__ unless PYTHONDONTWRITEBYTECODE is set)
+    assert sorted(p.name for p in pytester.path.iterdir() if p.name not in (".benchmarks", "__pycache__")) == before
     result.stdout.fnmatch_lines(["test_a.py::test_one PASSED*", "test_a.py::test_two PASSED*"])  # order kept
 
 
