@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pytest_speedbench.analysis.predict import (
-    LatencyPoint, Observation, PredictionError, fit_line, leave_one_out, mix_acceptance_length,
-    predict_speedup, step_latency_at,
+    LatencyPoint, Observation, PredictionError, fit_inputs, fit_line, leave_one_out, mix_acceptance_length,
+    predict_from, predict_speedup, step_latency_at,
 )
 
 T_AR = {1: (0.010, 2e-6), 4: (0.020, 6e-6)}  # batch -> (intercept s, slope s/token)
@@ -133,3 +133,22 @@ def test_band_never_goes_below_zero_when_extrapolating_far() -> None:
     assert (pred.sd_step_latency.samples < 0).any() or (pred.ar_step_latency.samples < 0).any()
     assert pred.band is not None and pred.band[0] > 0
     assert any("extrapolated" in n for n in pred.notes)
+
+
+def test_fit_inputs_keep_unstable_als_and_their_latency_only_when_a_side_has_nothing_else() -> None:
+    """AL does not depend on timing; an unstable case's step latency is used only where its side has
+    no stable case, and then with a note."""
+    ar = Observation("ar", False, LatencyPoint(1000, 1, (0.010, 0.011)))
+    sd_stable = Observation("sd-a", True, LatencyPoint(1000, 1, (0.020,)), {"coding": (2.0,)}, 1.5, "ar")
+    sd_noisy = Observation("sd-b", True, LatencyPoint(2000, 1, (0.030,)), {"math": (3.0,)}, 1.1, "ar",
+                           unstable="rounds disagree")
+    both = fit_inputs([ar, sd_stable, sd_noisy])
+    assert both.sd_points == (sd_stable.point,) and both.ar_points == (ar.point,)
+    assert both.als_by_category == {"coding": [2.0], "math": [3.0]} and both.notes == ()
+    alone = fit_inputs([ar, sd_noisy])
+    assert alone.sd_points == (sd_noisy.point,)
+    assert alone.notes == ("SD step latency at batch size 1 from unstable case(s) only (sd-b: rounds disagree): "
+                           "the band does not cover that noise",)
+    pred = predict_from([ar, sd_noisy], {"math": 1.0}, 2000, 1, n_boot=100)
+    assert pred.speedup == pytest.approx(0.0105 * 3.0 / 0.030)
+    assert pred.notes[0] == alone.notes[0]

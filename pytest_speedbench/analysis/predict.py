@@ -26,7 +26,7 @@ s^2 = sum (t_k - t(x_k))^2 / (K - 2). The band is the percentile interval of the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -160,10 +160,11 @@ class Prediction:
     ar_step_latency: Estimate
     sd_step_latency: Estimate
     acceptance_length: Estimate
+    input_notes: tuple[str, ...] = ()  # what the inputs were chosen from (see `fit_inputs`)
 
     @property
     def notes(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((*self.ar_step_latency.notes, *self.sd_step_latency.notes)))
+        return tuple(dict.fromkeys((*self.input_notes, *self.ar_step_latency.notes, *self.sd_step_latency.notes)))
 
 
 def predict_speedup(
@@ -199,6 +200,7 @@ class Observation:
     als_by_category: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # SD only
     measured_speedup: float | None = None  # SD only: the measured value predictions are checked against
     twin: str | None = None  # SD only: the AR case's id
+    unstable: str | None = None  # why its timing is not trusted (its rounds disagreed); its ALs still are
 
     @property
     def mix(self) -> dict[str, float]:
@@ -239,22 +241,70 @@ def pool_als(observations: Sequence[Observation]) -> dict[str, list[float]]:
     return pooled
 
 
+@dataclass(frozen=True)
+class FitInputs:
+    """What one prediction is fitted on."""
+
+    ar_points: tuple[LatencyPoint, ...]
+    sd_points: tuple[LatencyPoint, ...]
+    als_by_category: dict[str, list[float]]
+    notes: tuple[str, ...]
+
+
+def fit_inputs(observations: Sequence[Observation]) -> FitInputs:
+    """The latency points and ALs a prediction uses, and why.
+
+    AL does not depend on timing, so every SD case's request ALs count. A case whose rounds
+    disagreed (`Observation.unstable`: a noisy machine, not a property of the engine) gives no
+    latency point while its curve (AR or SD, one batch size) has a stable case; a curve with only
+    unstable cases uses them, with a note, because their mean step latency is still the best
+    estimate there is and refusing would turn one noisy run into no answer. The band then
+    understates the noise.
+    """
+    notes = []
+    sides: list[tuple[LatencyPoint, ...]] = []
+    for speculative, label in ((False, "AR"), (True, "SD")):
+        points = []
+        side = [o for o in observations if o.speculative == speculative]
+        for b in sorted({o.point.batch_size for o in side}):
+            curve = [o for o in side if o.point.batch_size == b]
+            stable = [o for o in curve if not o.unstable]
+            points += [o.point for o in stable or curve]
+            if not stable:
+                notes.append(f"{label} step latency at batch size {b} from unstable case(s) only "
+                             f"({'; '.join(f'{o.case}: {o.unstable}' for o in curve)}): the band does not cover "
+                             "that noise")
+        sides.append(tuple(points))
+    return FitInputs(sides[0], sides[1], pool_als([o for o in observations if o.speculative]), tuple(notes))
+
+
+def predict_from(observations: Sequence[Observation], weights: Mapping[str, float], isl: float, batch_size: int,
+                 *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Prediction:
+    """`predict_speedup` on the inputs `fit_inputs` chooses from these observations."""
+    inputs = fit_inputs(observations)
+    pred = predict_speedup(inputs.ar_points, inputs.sd_points, inputs.als_by_category, weights, isl, batch_size,
+                           n_boot=n_boot, seed=seed, level=level)
+    return replace(pred, input_notes=inputs.notes)
+
+
 def leave_one_out(observations: Sequence[Observation], *, n_boot: int = 2000, seed: int = 0) -> list[HeldOut]:
     """Predict every SD case with a measured speedup from the others.
 
     Held out for case k: k itself and its AR twin (both latency curves lose the point at k's
     ISL and batch size) and k's ALs; k contributes only its category mix, ISL and batch size.
+    An unstable case is not a check: its measured speedup is the noise, not the engine.
     """
     out = []
     for k in observations:
         if not k.speculative or k.measured_speedup is None:
             continue
+        if k.unstable:
+            out.append(HeldOut(k.case, k.measured_speedup, None, f"not checked, its measured speedup is not "
+                                                                 f"trusted ({k.unstable})"))
+            continue
         rest = [o for o in observations if o.case not in (k.case, k.twin)]
-        ar = [o.point for o in rest if not o.speculative]
-        sd = [o for o in rest if o.speculative]
         try:
-            pred = predict_speedup(ar, [o.point for o in sd], pool_als(sd), k.mix, k.point.isl, k.point.batch_size,
-                                   n_boot=n_boot, seed=seed)
+            pred = predict_from(rest, k.mix, k.point.isl, k.point.batch_size, n_boot=n_boot, seed=seed)
             out.append(HeldOut(k.case, k.measured_speedup, pred))
         except PredictionError as exc:
             out.append(HeldOut(k.case, k.measured_speedup, None, str(exc)))

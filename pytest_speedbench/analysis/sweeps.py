@@ -333,6 +333,11 @@ class PredictConfig:
     skipped: tuple[str, ...]  # cases without per-request rows
 
     @property
+    def unstable(self) -> tuple[str, ...]:
+        """The cases whose timing is not trusted (their ALs still count)."""
+        return tuple(f"{o.case} ({o.unstable})" for o in self.observations if o.unstable)
+
+    @property
     def title(self) -> str:
         return f"{self.engine} {self.drafter} g{self.draft_length} t{self.temperature:g}"
 
@@ -348,10 +353,8 @@ def predict_configs(all_entries: Sequence[Entry]) -> list[PredictConfig]:
                    and (e.drafter == "none" or (e.drafter == drafter and e.draft_length == g))]
         obs, skipped = [], []
         for e in members:
-            if e.unstable:  # its speedup is not trusted: never a fit or check point
-                skipped.append(f"{e.id} ({e.unstable})")
-                continue
             o = observation(e)
-            (obs.append(o) if o is not None else skipped.append(e.id))
+            # an unstable case's timing is not trusted: `analysis.predict.fit_inputs` decides what it may give
+            (obs.append(replace(o, unstable=e.unstable)) if o is not None else skipped.append(e.id))
         out.append(PredictConfig(engine, drafter, g, temp, tuple(obs), tuple(skipped)))
     return out

@@ -49,7 +49,7 @@ def _select(configs: list[Any], args: argparse.Namespace) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pytest_speedbench.analysis.predict import PredictionError, leave_one_out, pool_als, predict_speedup
+    from pytest_speedbench.analysis.predict import PredictionError, fit_inputs, leave_one_out, predict_from
     from pytest_speedbench.analysis import sweeps
 
     if args.isl is not None and args.isl <= 0:
@@ -67,16 +67,17 @@ def run(args: argparse.Namespace) -> int:
         ar = [o.point for o in cfg.observations if not o.speculative]
         sd = [o for o in cfg.observations if o.speculative]
         print(f"{cfg.title}: {len(ar)} AR and {len(sd)} SD cases"
-              + (f"; skipped (no per-request rows, or unstable): {', '.join(cfg.skipped)}" if cfg.skipped else ""))
+              + (f"; skipped (no per-request rows): {', '.join(cfg.skipped)}" if cfg.skipped else "")
+              + (f"; timing not trusted (rounds disagreed): {', '.join(cfg.unstable)}" if cfg.unstable else ""))
         if mix is not None:
-            als = pool_als(sd)
+            als = fit_inputs(cfg.observations).als_by_category
             unknown = [c for c in mix if c not in als]
             if unknown:
                 raise UsageError(f"--mix: no measured AL for {', '.join(unknown)} ({cfg.title}); "
                                  f"valid categories: {', '.join(sorted(als)) or 'none'}")
             try:
-                pred = predict_speedup(ar, [o.point for o in sd], als, mix, args.isl, args.batch_size,
-                                       n_boot=args.n_boot, seed=args.seed)
+                pred = predict_from(cfg.observations, mix, args.isl, args.batch_size, n_boot=args.n_boot,
+                                    seed=args.seed)
             except PredictionError as exc:
                 raise UsageError(f"{cfg.title}: {exc}") from None
             band = pred.band or [float("nan")] * 2
