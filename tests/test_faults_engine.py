@@ -25,7 +25,9 @@ from pytest_speedbench.engines.sglang import SGLangEngine, SGLangParser
 from pytest_speedbench.errors import EngineError, EngineNotInstalled, RequestError
 
 FAKE = Path(__file__).resolve().parent / "fakes" / "fake_sglang_launch.py"
-STARTUP_GOAL_S = 5.0
+#: a crash at startup is reported this soon (the readiness timeouts are 600 s: a loaded machine is
+#: slower, never that slow); the figure printed is the measurement
+STARTUP_GOAL_S = 30.0
 
 
 

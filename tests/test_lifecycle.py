@@ -98,7 +98,7 @@ def test_early_exit_fails_at_once_with_log_tail(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(EngineError) as err:
         server.wait_ready(lambda: False, timeout_s=600)
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30  # the readiness timeout is 600 s; a loaded machine is slow, not 20x
     msg = str(err.value)
     assert "crashy exited with code 3 during startup" in msg
     assert "CUDA out of memory" in msg and "engine log tail" in msg
@@ -125,7 +125,7 @@ def test_sigterm_immune_group_is_killed(tmp_path):
     child = _pids_from_log(server.log_tail(), "child pid")[0]
     t0 = time.monotonic()
     server.stop(grace_s=0.5)
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < 30  # a TERM-immune group would otherwise never go
     assert server.returncode == -signal.SIGKILL
     assert not pid_alive(server.pid) and not pid_alive(child)
     assert "stopped (exit code -9)" in (tmp_path / "server.log").read_text()
@@ -233,8 +233,8 @@ def test_exit_is_noticed_while_a_probe_hangs(tmp_path):
     server.start()
     t0 = time.monotonic()
     with pytest.raises(EngineError, match="exited with code 3 during startup"):
-        server.wait_ready(lambda: time.sleep(30) or True, timeout_s=60)
-    assert time.monotonic() - t0 < 5
+        server.wait_ready(lambda: time.sleep(300) or True, timeout_s=600)
+    assert time.monotonic() - t0 < 30  # far below the hung probe (300 s)
     server.stop()
 
 

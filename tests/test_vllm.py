@@ -157,7 +157,7 @@ def test_crash_at_startup_fails_fast_with_log_tail(tmp_path, monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(EngineError) as err:
         engine.start()
-    assert time.monotonic() - t0 < 15
+    assert time.monotonic() - t0 < 30  # not the 600 s readiness timeout
     assert "exited with code 1 during startup" in str(err.value)
     assert "CUDA out of memory" in str(err.value)
 
