@@ -73,7 +73,6 @@ def pytest_configure(config: pytest.Config) -> None:
         install_shards(config, session)
     except UsageError as exc:
         raise pytest.UsageError(f"pytest-speedbench: {exc}") from None
-    session.config = config
     config.stash[SESSION_KEY] = session
     from pytest_speedbench.xdist import install  # GPU pinning, engine grouping, merged results under xdist
 

@@ -111,7 +111,7 @@ class Runner:
             shutil.copy(REPO / "benchmarks" / name, work / "benchmarks" / name)
         return work
 
-    def expand(self, text: str, night: Night, shard: int | None) -> str:
+    def expand(self, text: str, shard: int | None) -> str:
         values = {"matrix.shard": str(shard), "inputs.strict": "false", "github.workflow": "speedbench-nightly",
                   "github.ref_name": "main", "github.token": "fake-token", "env.RESULTS_DIR": self.env["RESULTS_DIR"]}
         out = re.sub(r"\$\{\{\s*([\w.]+)\s*\}\}", lambda m: values[m.group(1)], text)
@@ -147,9 +147,9 @@ class Runner:
             if "uses" in step:
                 result = self.uses(step, night, label, work)
             else:
-                env = {**self.env, **{k: self.expand(str(v), night, shard) for k, v in step.get("env", {}).items()},
+                env = {**self.env, **{k: self.expand(str(v), shard) for k, v in step.get("env", {}).items()},
                        **(extra_env or {}), "GITHUB_OUTPUT": str(outputs), "GITHUB_STEP_SUMMARY": str(work / "summary.md")}
-                script = self.expand(step["run"], night, shard)
+                script = self.expand(step["run"], shard)
                 if "pip install" in script:  # the suite is installed already; the engine is the fake
                     result = StepResult(name, ran=True)
                 else:
@@ -168,8 +168,8 @@ class Runner:
         if action in ("actions/checkout", "actions/setup-python"):
             return StepResult("", True)
         if action == "actions/upload-artifact":
-            name = self.expand(with_["name"], night, int(label.split("[")[1][:-1]) if "[" in label else None)
-            src = work / self.expand(with_["path"], night, None)
+            name = self.expand(with_["name"], int(label.split("[")[1][:-1]) if "[" in label else None)
+            src = work / self.expand(with_["path"], None)
             if src.is_dir():
                 shutil.copytree(src, self.store / night.id / name, dirs_exist_ok=True)
             return StepResult("", True)
