@@ -278,10 +278,9 @@ def fit_inputs(observations: Sequence[Observation]) -> FitInputs:
     return FitInputs(sides[0], sides[1], pool_als([o for o in observations if o.speculative]), tuple(notes))
 
 
-def predict_from(observations: Sequence[Observation], weights: Mapping[str, float], isl: float, batch_size: int,
+def predict_from(inputs: FitInputs, weights: Mapping[str, float], isl: float, batch_size: int,
                  *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Prediction:
-    """`predict_speedup` on the inputs `fit_inputs` chooses from these observations."""
-    inputs = fit_inputs(observations)
+    """`predict_speedup` on the inputs `fit_inputs` chose, its notes carried on the prediction."""
     pred = predict_speedup(inputs.ar_points, inputs.sd_points, inputs.als_by_category, weights, isl, batch_size,
                            n_boot=n_boot, seed=seed, level=level)
     return replace(pred, input_notes=inputs.notes)
@@ -304,7 +303,7 @@ def leave_one_out(observations: Sequence[Observation], *, n_boot: int = 2000, se
             continue
         rest = [o for o in observations if o.case not in (k.case, k.twin)]
         try:
-            pred = predict_from(rest, k.mix, k.point.isl, k.point.batch_size, n_boot=n_boot, seed=seed)
+            pred = predict_from(fit_inputs(rest), k.mix, k.point.isl, k.point.batch_size, n_boot=n_boot, seed=seed)
             out.append(HeldOut(k.case, k.measured_speedup, pred))
         except PredictionError as exc:
             out.append(HeldOut(k.case, k.measured_speedup, None, str(exc)))

@@ -318,6 +318,7 @@ def observation(e: Entry) -> Observation | None:
         {c: tuple(v) for c, v in als.items()},
         e.info.get("speedup_user_tps") if speculative else None,
         e.info.get("speedup_baseline") if speculative else None,
+        e.unstable,  # its timing is not trusted: `analysis.predict.fit_inputs` decides what it may give
     )
 
 
@@ -354,7 +355,6 @@ def predict_configs(all_entries: Sequence[Entry]) -> list[PredictConfig]:
         obs, skipped = [], []
         for e in members:
             o = observation(e)
-            # an unstable case's timing is not trusted: `analysis.predict.fit_inputs` decides what it may give
-            (obs.append(replace(o, unstable=e.unstable)) if o is not None else skipped.append(e.id))
+            (obs.append(o) if o is not None else skipped.append(e.id))
         out.append(PredictConfig(engine, drafter, g, temp, tuple(obs), tuple(skipped)))
     return out

@@ -70,13 +70,14 @@ def run(args: argparse.Namespace) -> int:
               + (f"; skipped (no per-request rows): {', '.join(cfg.skipped)}" if cfg.skipped else "")
               + (f"; timing not trusted (rounds disagreed): {', '.join(cfg.unstable)}" if cfg.unstable else ""))
         if mix is not None:
-            als = fit_inputs(cfg.observations).als_by_category
+            inputs = fit_inputs(cfg.observations)
+            als = inputs.als_by_category
             unknown = [c for c in mix if c not in als]
             if unknown:
                 raise UsageError(f"--mix: no measured AL for {', '.join(unknown)} ({cfg.title}); "
                                  f"valid categories: {', '.join(sorted(als)) or 'none'}")
             try:
-                pred = predict_from(cfg.observations, mix, args.isl, args.batch_size, n_boot=args.n_boot,
+                pred = predict_from(inputs, mix, args.isl, args.batch_size, n_boot=args.n_boot,
                                     seed=args.seed)
             except PredictionError as exc:
                 raise UsageError(f"{cfg.title}: {exc}") from None
